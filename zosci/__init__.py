@@ -1,0 +1,13 @@
+"""zosci: scientific optimization through black boxes.
+
+Backpropagate through everything differentiable, estimate only the black box's
+Jacobian with zeroth-order estimators (zosci.samplers, zosci.estimators).
+"""
+from . import estimators, optim, orthant, samplers
+from .errors import ConfigError, QueryError
+from .gradient import estimate_gradient
+from .orthant import estimate_orthant_gradient
+
+__version__ = "0.1.0"
+__all__ = ["estimate_gradient", "estimate_orthant_gradient", "optim", "orthant", "samplers", "estimators",
+           "QueryError", "ConfigError"]

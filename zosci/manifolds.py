@@ -1,0 +1,72 @@
+"""Where perturbations and updates move the parameters.
+
+A manifold maps a direction v (in an orthonormal frame of the tangent space)
+and a step t to a new point, in place, with an exact inverse:
+
+* Euclidean:        x <- x + t v
+* PositiveOrthant:  s <- Exp_s(t s v) = s * exp(t v)   under the metric
+  <u, w>_s = sum u_i w_i / s_i^2, whose orthonormal frame is e_i s_i and whose
+  exponential map is Exp_s(w) = s * exp(w / s). Directional derivatives along
+  u = s v are then grad f^T u, the Riemannian gradient is s^2 * grad f, and
+  every perturbation and update keeps s > 0.
+"""
+from __future__ import annotations
+
+import torch
+
+from .errors import ConfigError
+
+
+class Euclidean:
+    name = "euclidean"
+
+    @staticmethod
+    def move_(x: torch.Tensor, v: torch.Tensor, t: float) -> torch.Tensor:
+        return x.add_(v, alpha=t)
+
+    @staticmethod
+    def move(x: torch.Tensor, v: torch.Tensor, t: float) -> torch.Tensor:
+        return Euclidean.move_(x.clone(), v, t)
+
+    @staticmethod
+    def to_tangent(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """The tangent vector whose frame coordinates are v."""
+        return v
+
+    @staticmethod
+    def check(x: torch.Tensor, name: str = "x") -> None:
+        pass
+
+
+class PositiveOrthant:
+    name = "orthant"
+
+    @staticmethod
+    def move_(s: torch.Tensor, v: torch.Tensor, t: float) -> torch.Tensor:
+        return s.mul_(torch.exp(v * t))
+
+    @staticmethod
+    def move(s: torch.Tensor, v: torch.Tensor, t: float) -> torch.Tensor:
+        return PositiveOrthant.move_(s.clone(), v, t)
+
+    @staticmethod
+    def to_tangent(s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return s * v
+
+    @staticmethod
+    def check(s: torch.Tensor, name: str = "s") -> None:
+        if not bool((s > 0).all()):
+            raise ConfigError(f"{name}: the positive orthant needs every entry > 0 "
+                              f"(min is {float(s.min()):g}); use the euclidean manifold for signed values")
+
+
+MANIFOLDS = {m.name: m for m in (Euclidean, PositiveOrthant)}
+
+
+def get_manifold(name):
+    if name in MANIFOLDS.values():
+        return name
+    try:
+        return MANIFOLDS[name]
+    except (KeyError, TypeError):
+        raise ConfigError(f"manifold: unknown {name!r}; choose one of {sorted(MANIFOLDS)}") from None

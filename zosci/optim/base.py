@@ -1,0 +1,121 @@
+"""ZOOptimizer: the torch.optim.Optimizer skeleton shared by ZOSGD and ZOAdam.
+
+``step(closure)``: the closure returns the loss of the current parameters
+(no backward). For each query the parameters are moved in place to
+x + t v (or s exp(t v) on the positive orthant), the closure is called, and the
+parameters are restored bit for bit (zosci.perturb); v is regenerated from a
+seed, never stored. The estimate in frame coordinates, g = mean_k delta_k v_k,
+is formed one parameter at a time and handed to ``_update``; so the memory is
+that of inference plus the optimizer's own state (momentum, Adam moments).
+
+Sampler, estimator, mu, queries and sequence are shared by all parameter
+groups (one direction spans every parameter); lr, manifold and the method's
+hyperparameters may differ per group. DAP's guide is the optimizer's best
+gradient information: the momentum (ZOSGD with momentum), Adam's first moment,
+or the previous step's estimate; the first step, which has none, samples
+Gaussian directions.
+"""
+from __future__ import annotations
+
+import torch
+from torch.optim import Optimizer
+
+from ..errors import ConfigError, QueryError
+from ..estimators import get_estimator
+from ..manifolds import get_manifold
+from ..perturb import perturbed
+from ..queries import QueryDrawer, run_queries
+from ..samplers import get_sampler
+
+_SHARED = ("sampler", "estimator", "mu", "queries", "sequence", "clip", "on_failure")
+
+
+class ZOOptimizer(Optimizer):
+    def __init__(self, params, defaults: dict, seed: int = 0):
+        defaults = dict(defaults)
+        defaults.setdefault("manifold", "euclidean")
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            for key in _SHARED:
+                if group[key] != defaults[key]:
+                    raise ConfigError(f"{key}: is shared by all parameter groups (one direction spans "
+                                      f"every parameter); set it once in the optimizer's arguments")
+            group["manifold"] = get_manifold(group["manifold"]).name
+            for p in group["params"]:
+                get_manifold(group["manifold"]).check(p.detach(), "params")
+        if not (isinstance(defaults["queries"], int) and defaults["queries"] >= 1):
+            raise ConfigError(f"queries: must be a positive integer, got {defaults['queries']!r}")
+        if defaults["clip"] is not None and not defaults["clip"] > 0:
+            raise ConfigError(f"clip: must be positive or None, got {defaults['clip']!r}")
+        self.sampler = get_sampler(defaults["sampler"])
+        self.estimator = get_estimator(defaults["estimator"], mu=defaults["mu"], sequence=defaults["sequence"])
+        self.generator = torch.Generator().manual_seed(seed)
+        self.last_info = None
+
+    # state -----------------------------------------------------------------
+    def state_dict(self):
+        state = super().state_dict()
+        state["zo_generator"] = self.generator.get_state()
+        return state
+
+    def load_state_dict(self, state_dict):
+        state_dict = dict(state_dict)
+        rng = state_dict.pop("zo_generator", None)
+        super().load_state_dict(state_dict)
+        if rng is not None:
+            self.generator.set_state(rng)
+
+    # the method ------------------------------------------------------------
+    def _guide(self, p: torch.Tensor):
+        """The gradient information DAP aligns with, or None."""
+        return None
+
+    def _update(self, p: torch.Tensor, g: torch.Tensor, group: dict, manifold) -> None:
+        raise NotImplementedError
+
+    def _params(self):
+        return [(p, group, get_manifold(group["manifold"])) for group in self.param_groups
+                for p in group["params"]]
+
+    @torch.no_grad()
+    def step(self, closure):
+        """One ZO step; returns f at the current parameters (None if not evaluated)."""
+        if closure is None:
+            raise ConfigError("closure: zeroth-order optimizers need step(closure), "
+                              "where closure() returns the loss (no backward)")
+        entries = self._params()
+        params = [p for p, _, _ in entries]
+        manifolds = [m for _, _, m in entries]
+        guide = [self._guide(p) for p in params]
+        sampler = self.sampler
+        if sampler.needs_guide and any(a is None for a in guide):
+            sampler, guide = get_sampler("gaussian"), None
+        elif not sampler.needs_guide:
+            guide = None
+        seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
+        queries = self.defaults["queries"]
+        drawer = QueryDrawer(sampler, self.estimator, seed, params, guide, queries)
+
+        def evaluate_batch(jobs):
+            out = []
+            for q, t in jobs:
+                with perturbed(params, q.direction, t, manifolds):
+                    try:
+                        out.append(float(closure()))
+                    except QueryError as err:
+                        out.append(err)
+            return out
+
+        info = run_queries(drawer, evaluate_batch, lambda: float(closure()), queries,
+                           self.defaults["on_failure"])
+        clip = self.defaults["clip"]
+        for q in info.kept:
+            if clip is not None:
+                q.delta = max(-clip, min(clip, q.delta))
+        for k, (p, group, manifold) in enumerate(entries):
+            g = torch.zeros_like(p)
+            for q in info.kept:
+                g.add_(q.direction.part(k), alpha=q.delta / len(info.kept))
+            self._update(p, g, group, manifold)
+        self.last_info = info
+        return info.base

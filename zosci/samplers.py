@@ -1,0 +1,200 @@
+"""Perturbation samplers: random directions v with E[v v^T] = I.
+
+A direction lives over a list of tensors (the parameters it perturbs), so the
+same sampler serves a 1-D vector and a whole network. It is generated from an
+integer seed and regenerated on demand, never stored (MeZO's seed trick):
+only a few scalars per direction (a norm, an inner product) are kept.
+
+=========== ============================================ ==================
+name        v                                            E||v||^2, ||v||
+=========== ============================================ ==================
+gaussian    z ~ N(0, I)                                  d, random
+sphere      sqrt(d) z / ||z||  (uniform on the sphere)   d, constant
+rademacher  i.i.d. +-1                                   d, constant
+coordinate  sqrt(d) e_i, i uniform, without replacement  d, constant
+            within one estimate (d queries = full CGE)
+dap         s a/||a|| + (I - a a^T/||a||^2) z, s = +-1   d, random
+=========== ============================================ ==================
+
+Sphere and DAP attain the minimum-variance bound (d-1)||grad f||^2 of the
+two-point estimator (Ma & Huang, ICLR 2025): sphere because ||v|| is constant,
+DAP because grad^T v = +-||grad|| when the guide a is the gradient.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+from .errors import ConfigError
+
+_MASK = (1 << 63) - 1
+
+
+def mix_seed(*parts: int) -> int:
+    """Deterministic 63-bit hash of integers (splitmix64 steps)."""
+    h = 0x9E3779B97F4A7C15
+    for p in parts:
+        h = (h ^ (int(p) & _MASK)) * 0xBF58476D1CE4E5B9 & ((1 << 64) - 1)
+        h ^= h >> 31
+    return h & _MASK
+
+
+def _normal(seed: int, k: int, like: torch.Tensor) -> torch.Tensor:
+    g = torch.Generator(device=like.device).manual_seed(mix_seed(seed, k))
+    return torch.randn(like.shape, generator=g, dtype=like.dtype, device=like.device)
+
+
+def _dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
+    return float(sum(torch.sum(x.double() * y.double()) for x, y in zip(a, b)))
+
+
+class Direction:
+    """One direction v over a list of tensors, regenerated from its seed."""
+
+    def __init__(self, seed: int, like: Sequence[torch.Tensor]):
+        self.seed = seed
+        self.like = list(like)
+        self.dim = sum(t.numel() for t in self.like)
+
+    def part(self, k: int) -> torch.Tensor:
+        """v restricted to tensor k (a fresh tensor shaped like like[k])."""
+        raise NotImplementedError
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.part(k) for k in range(len(self.like))]
+
+    def flat(self) -> torch.Tensor:
+        return torch.cat([p.reshape(-1) for p in self.tensors()])
+
+
+class GaussianDirection(Direction):
+    def part(self, k):
+        return _normal(self.seed, k, self.like[k])
+
+
+class SphereDirection(Direction):
+    def __init__(self, seed, like):
+        super().__init__(seed, like)
+        z = [_normal(seed, k, t) for k, t in enumerate(self.like)]
+        self.scale = math.sqrt(self.dim / _dot(z, z))
+
+    def part(self, k):
+        return _normal(self.seed, k, self.like[k]) * self.scale
+
+
+class RademacherDirection(Direction):
+    def part(self, k):
+        t = self.like[k]
+        g = torch.Generator(device=t.device).manual_seed(mix_seed(self.seed, k))
+        bits = torch.randint(0, 2, t.shape, generator=g, device=t.device)
+        return (2 * bits - 1).to(t.dtype)
+
+
+class CoordinateDirection(Direction):
+    """sqrt(d) e_i for a flat coordinate index i."""
+
+    def __init__(self, seed, like, index: int):
+        super().__init__(seed, like)
+        self.index = index
+
+    def part(self, k):
+        t = self.like[k]
+        v = torch.zeros_like(t)
+        offset = sum(x.numel() for x in self.like[:k])
+        if offset <= self.index < offset + t.numel():
+            v.view(-1)[self.index - offset] = math.sqrt(self.dim)
+        return v
+
+
+class DAPDirection(Direction):
+    """v = s a/||a|| + z - (a^T z / ||a||^2) a, with s = +-1 and z ~ N(0, I)."""
+
+    def __init__(self, seed, like, guide):
+        super().__init__(seed, like)
+        self.guide = [a.to(t.dtype) for a, t in zip(guide, self.like)]
+        norm2 = _dot(self.guide, self.guide)
+        if not norm2 > 0:
+            raise ValueError("dap: the guide is zero; pass a nonzero guide or use another sampler")
+        z = [_normal(seed, k, t) for k, t in enumerate(self.like)]
+        g = torch.Generator().manual_seed(mix_seed(seed, -1))
+        sign = 1.0 if torch.randint(0, 2, (1,), generator=g).item() else -1.0
+        self.coef = sign / math.sqrt(norm2) - _dot(self.guide, z) / norm2
+
+    def part(self, k):
+        return _normal(self.seed, k, self.like[k]) + self.coef * self.guide[k]
+
+
+class Sampler:
+    """Draws the direction of query `index` (of `count`) in one estimate."""
+
+    name = ""
+    needs_guide = False
+
+    def draw(self, seed: int, index: int, count: int, like, guide=None) -> Direction:
+        raise NotImplementedError
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+
+class Gaussian(Sampler):
+    name = "gaussian"
+
+    def draw(self, seed, index, count, like, guide=None):
+        return GaussianDirection(mix_seed(seed, index), like)
+
+
+class Sphere(Sampler):
+    name = "sphere"
+
+    def draw(self, seed, index, count, like, guide=None):
+        return SphereDirection(mix_seed(seed, index), like)
+
+
+class Rademacher(Sampler):
+    name = "rademacher"
+
+    def draw(self, seed, index, count, like, guide=None):
+        return RademacherDirection(mix_seed(seed, index), like)
+
+
+class Coordinate(Sampler):
+    """Coordinates drawn without replacement: `count = d` queries give DeepZero's CGE."""
+
+    name = "coordinate"
+
+    def draw(self, seed, index, count, like, guide=None):
+        d = sum(t.numel() for t in like)
+        cycle, pos = divmod(index, d)
+        g = torch.Generator().manual_seed(mix_seed(seed, cycle, 7))
+        i = int(torch.randperm(d, generator=g)[pos]) if d < 1 << 24 else int(
+            torch.randint(d, (1,), generator=torch.Generator().manual_seed(mix_seed(seed, index))))
+        return CoordinateDirection(mix_seed(seed, index), like, i)
+
+
+class DAP(Sampler):
+    """Directionally aligned perturbation around the guide a (the best gradient
+    information at hand). Without a guide, callers fall back as they document."""
+
+    name = "dap"
+    needs_guide = True
+
+    def draw(self, seed, index, count, like, guide=None):
+        if guide is None:
+            raise ValueError("dap needs a guide direction")
+        return DAPDirection(mix_seed(seed, index), like, guide)
+
+
+SAMPLERS = {cls.name: cls for cls in (Gaussian, Sphere, Rademacher, Coordinate, DAP)}
+
+
+def get_sampler(sampler) -> Sampler:
+    """A Sampler from its name (or the instance itself)."""
+    if isinstance(sampler, Sampler):
+        return sampler
+    try:
+        return SAMPLERS[sampler]()
+    except (KeyError, TypeError):
+        raise ConfigError(f"sampler: unknown {sampler!r}; choose one of {sorted(SAMPLERS)}") from None
