@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 .PHONY: demo test install apt clean bench
 
 demo: install
-	$(PY) -m zosci run cases/demo.toml
+	$(PY) -m zosci run cases/estimator_study.toml
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -1,0 +1,175 @@
+"""Full-potential solver: manufactured solution, airfoil physics, mesh motion, failures."""
+import math
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+from zosci.solvers import MeshError, PotentialFlow, SolverError, naca_mesh
+
+MESHES = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "meshes")
+needs_meshes = pytest.mark.skipif(not os.path.isdir(MESHES), reason=f"CFD-GCN meshes not found at {MESHES}")
+
+
+def su2(name):
+    return os.path.join(MESHES, f"NACA0012_{name}.su2")
+
+
+@pytest.fixture(scope="module")
+def sym():
+    """Exactly symmetric NACA0012 mesh from the gmsh generator."""
+    return PotentialFlow(naca_mesh("0012", n_airfoil=40))
+
+
+def _mms_errors(n, mach=0.5):
+    import dolfinx
+    import ufl
+    from mpi4py import MPI
+
+    from zosci.solvers.fem import newton_solve, newton_solver
+    from zosci.solvers.potential import full_potential_form
+
+    dm = dolfinx.mesh.create_unit_square(MPI.COMM_SELF, n, n)
+    V = dolfinx.fem.FunctionSpace(dm, ("CG", 1))
+    X = ufl.SpatialCoordinate(dm)
+    exact = 0.9 * X[0] + 0.2 * X[1] + 0.1 * ufl.sin(math.pi * X[0]) * ufl.sin(math.pi * X[1])
+    M = dolfinx.fem.Constant(dm, mach)
+    from zosci.solvers.potential import density
+
+    g = ufl.grad(exact)
+    source = -ufl.div(density(ufl.dot(g, g), M) * g)  # -div(rho grad phi) = f
+    phi = dolfinx.fem.Function(V)
+    F = full_potential_form(phi, ufl.TestFunction(V), M, source=source)
+    ex_fn = dolfinx.fem.Function(V)
+    ex_fn.interpolate(lambda x: 0.9 * x[0] + 0.2 * x[1] + 0.1 * np.sin(np.pi * x[0]) * np.sin(np.pi * x[1]))
+    dm.topology.create_connectivity(1, 2)
+    facets = dolfinx.mesh.exterior_facet_indices(dm.topology)
+    bc = dolfinx.fem.dirichletbc(ex_fn, dolfinx.fem.locate_dofs_topological(V, 1, facets))
+    problem = dolfinx.fem.petsc.NonlinearProblem(F, phi, [bc])
+    iters = newton_solve(newton_solver(problem, rtol=1e-12, atol=1e-13), phi, "mms")
+    e = phi - exact
+    l2 = math.sqrt(dolfinx.fem.assemble_scalar(dolfinx.fem.form(e * e * ufl.dx)))
+    h1 = math.sqrt(dolfinx.fem.assemble_scalar(dolfinx.fem.form(ufl.dot(ufl.grad(e), ufl.grad(e)) * ufl.dx)))
+    return l2, h1, iters
+
+
+def test_manufactured_solution_rates():
+    """P1 full potential at M=0.5: L2 error O(h^2), H1 error O(h) over 3 refinements."""
+    errs = [_mms_errors(n) for n in (8, 16, 32, 64)]
+    l2, h1 = np.array([e[0] for e in errs]), np.array([e[1] for e in errs])
+    assert all(e[2] >= 2 for e in errs)  # genuinely nonlinear: Newton needed several steps
+    r_l2, r_h1 = np.log2(l2[:-1] / l2[1:]), np.log2(h1[:-1] / h1[1:])
+    assert np.all(r_l2 > 1.85) and np.all(r_l2 < 2.2), r_l2
+    assert np.all(r_h1 > 0.9) and np.all(r_h1 < 1.2), r_h1
+
+
+def test_symmetry(sym):
+    """Symmetric mesh: Cl(0) = 0 and Cl(-a) = -Cl(a) to solver tolerance, also compressible."""
+    for mach in (0.0, 0.4):
+        r0 = sym.solve(aoa=0.0, mach=mach)
+        assert abs(r0.cl) < 1e-9
+        rp, rm = sym.solve(aoa=3.0, mach=mach), sym.solve(aoa=-3.0, mach=mach)
+        assert rp.cl > 0.2
+        assert abs(rp.cl + rm.cl) < 1e-8 * abs(rp.cl)
+        assert abs(rp.cd - rm.cd) < 1e-8
+    assert r0.names == ("u", "v", "Cp", "rho") and r0.fields.shape == (len(sym.mesh.points), 4)
+
+
+def test_thin_airfoil_and_prandtl_glauert(sym):
+    """Incompressible Cl ~ 2 pi alpha (NACA0012: ~1.05-1.12 x), Cl grows like 1/sqrt(1-M^2)."""
+    a = 2.0
+    cl0 = sym.solve(aoa=a, mach=0.0).cl
+    assert 1.0 < cl0 / (2 * math.pi * math.radians(a)) < 1.15
+    for mach in (0.3, 0.5):
+        r = sym.solve(aoa=a, mach=mach)
+        pg = 1 / math.sqrt(1 - mach**2)
+        assert abs(r.cl / cl0 / pg - 1) < 0.06, (mach, r.cl / cl0, pg)
+        assert r.info["max_local_mach"] < 1
+        assert np.all(r["rho"] > 0) and abs(r.info["kutta_residual"]) < 1e-8
+    # far field: free stream
+    far = sym.mesh.marker_nodes("farfield")
+    ca, sa = math.cos(math.radians(a)), math.sin(math.radians(a))
+    assert np.allclose(r["u"][far], ca, atol=0.02) and np.allclose(r["v"][far], sa, atol=0.02)
+    assert abs(r.cd) < 5e-3  # d'Alembert: discretisation-level drag only
+
+
+@needs_meshes
+def test_cfd_gcn_meshes_agree():
+    """Coarse (1843 nodes) vs fine (6684 nodes) CFD-GCN meshes, aoa 2, M 0.3."""
+    res = {}
+    for name in ("coarse", "fine"):
+        s = PotentialFlow(su2(name))
+        res[name] = (s.mesh, s.solve(aoa=2.0, mach=0.3))
+    (mc, rc), (mf, rf) = res["coarse"], res["fine"]
+    assert abs(rc.info["cl_circulation"] / rf.info["cl_circulation"] - 1) < 0.02  # lift from Gamma
+    assert abs(rc.cl / rf.cl - 1) < 0.06  # lift from surface pressure on 40 vs 164 wall edges
+    assert 1.0 < rf.cl / (2 * math.pi * math.radians(2.0)) * math.sqrt(1 - 0.3**2) < 1.15
+    # surface Cp of the coarse mesh vs the fine one interpolated along each side
+    diffs = []
+    for side in (1, -1):
+        nc = mc.marker_nodes("airfoil")
+        nc = nc[side * mc.points[nc, 1] >= 0]
+        nf = mf.marker_nodes("airfoil")
+        nf = nf[side * mf.points[nf, 1] >= 0]
+        o = np.argsort(mf.points[nf, 0])
+        cp_f = np.interp(mc.points[nc, 0], mf.points[nf, 0][o], rf["Cp"][nf][o])
+        diffs.append(np.abs(cp_f - rc["Cp"][nc]))
+    d = np.concatenate(diffs)
+    assert d.mean() < 0.04 * np.ptp(rf["Cp"][mf.marker_nodes("airfoil")]), d.mean()
+
+
+def _bump(mesh, amplitude):
+    """Smooth displacement of interior nodes near the airfoil (boundary nodes fixed)."""
+    x = mesh.points
+    w = np.exp(-np.sum((x - [0.5, 0.25]) ** 2, axis=1) / 0.02)
+    w[np.unique(np.concatenate(list(mesh.boundaries.values())).ravel())] = 0
+    return amplitude * w[:, None] * np.array([0.6, 0.8])
+
+
+def test_moving_nodes_is_smooth(sym):
+    """Finite differences of cl and of the fields in the node positions agree at steps h and h/2."""
+    mesh = sym.mesh
+    d = _bump(mesh, 1.0)
+    assert np.count_nonzero(d[:, 0]) > 10
+
+    def out(t):
+        r = sym.solve(aoa=3.0, mach=0.3, coords=mesh.points + t * d)
+        return np.concatenate([[r.cl], r.fields[:, 2]])
+
+    h = 2e-3
+    g1 = (out(h) - out(-h)) / (2 * h)
+    g2 = (out(h / 2) - out(-h / 2)) / h
+    assert abs(g1[0]) > 1e-4  # the motion does change the lift
+    assert abs(g1[0] - g2[0]) < 1e-3 * abs(g1[0])
+    assert np.linalg.norm(g1 - g2) < 1e-3 * np.linalg.norm(g1)
+
+
+def test_inverted_coords_raise_and_solver_recovers(sym):
+    base = sym.solve(aoa=2.0, mach=0.3)
+    bad = sym.mesh.points.copy()
+    t = sym.mesh.triangles[np.argmin(np.linalg.norm(sym.mesh.points[sym.mesh.triangles].mean(1) - [0.5, 0.3], axis=1))]
+    bad[t[0]] = sym.mesh.points[t[1]] + 2 * (sym.mesh.points[t[1]] - sym.mesh.points[t[0]])  # fold a cell
+    with pytest.raises(MeshError, match=r"cell \d+ is inverted"):
+        sym.solve(aoa=2.0, mach=0.3, coords=bad)
+    again = sym.solve(aoa=2.0, mach=0.3)
+    assert again.cl == base.cl and np.array_equal(again.fields, base.fields)
+
+
+def test_failures_are_solver_errors():
+    s = PotentialFlow(naca_mesh("0012", n_airfoil=20, radius=10))
+    with pytest.raises(SolverError, match="subsonic"):
+        s.solve(aoa=0.0, mach=1.2)
+    with pytest.raises(SolverError, match="supersonic|did not converge|vacuum"):
+        s.solve(aoa=10.0, mach=0.75)  # transonic: beyond a non-upwinded full potential
+    assert s.solve(aoa=1.0, mach=0.2).cl > 0.1  # still usable
+
+
+def test_pickle_is_lazy_and_equal(sym):
+    s = PotentialFlow(naca_mesh("0012", n_airfoil=20, radius=10))
+    blob = pickle.dumps(s)
+    r1 = s.solve(aoa=2.0, mach=0.4)
+    blob_after = pickle.dumps(s)  # built solvers pickle to the same small state
+    assert len(blob_after) == len(blob) and b"dolfinx" not in blob_after
+    r2 = pickle.loads(blob_after).solve(aoa=2.0, mach=0.4)
+    assert r2.cl == pytest.approx(r1.cl, rel=1e-10) and np.allclose(r2.fields, r1.fields, atol=1e-9)

@@ -1,0 +1,4 @@
+"""python -m zosci: the zosci command line."""
+from .cli import main
+
+raise SystemExit(main())
