@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 .PHONY: demo test install apt clean bench
 
 demo: install
-	$(PY) -m zosci run cases/estimator_study.toml
+	$(PY) -m zosci run cases/naca0012_mesh_adaptation.toml  # prints the run folder; plots (*.png) are in it
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -1,4 +1,4 @@
-"""Steady compressible full-potential flow around an airfoil (inviscid, subsonic).
+"""Steady compressible full-potential flow around an airfoil (inviscid, sub- and transonic).
 
 Nondimensional, free-stream speed 1, density 1, gamma = 1.4. Velocity
 u = grad(psi) + Gamma * grad(theta)/(2 pi), theta = angle around the vortex centre
@@ -16,6 +16,12 @@ two cells touching the TE through an airfoil edge is equal on upper and lower si
 f(Gamma) = u_up . t_up - u_lo . t_lo = 0. At M = 0 f is affine in Gamma (two linear
 solves); for M > 0 Gamma is found by secant iteration on f, each step a Newton solve
 warm-started from the previous one, with continuation in Mach if Newton fails.
+
+Transonic: once a converged state has a cell Mach number above Mc (option mach_crit, 0.95)
+or plain Newton fails, the step is redone from the last subsonic state with the upwind
+artificial density rho~ = rho - nu (rho - rho_upwind), nu = C max(0, 1 - Mc^2/M_loc^2)
+(option upwind = C, 3.0), see `artificial_density_form`; still exact Newton. nu = 0 where
+M_loc <= Mc, so purely subsonic solves are bitwise unchanged and take the plain path.
 
 Outputs per node: u, v, Cp, rho; cl, cd from the surface pressure of the cells on the
 airfoil (per unit chord, chord = x-extent of the airfoil marker). Cp = (rho^g - 1)/(g M^2/2),
@@ -51,6 +57,60 @@ def full_potential_form(psi, v, mach, extra_velocity=None, source=None):
     if source is not None:
         F = F - source * v * ufl.dx
     return F
+
+
+def local_mach2(q2, mach, gamma=GAMMA):
+    """UFL local Mach number squared M^2 q^2 / (1 + (g-1)/2 M^2 (1 - q^2)) (0 at M = 0)."""
+    import ufl
+
+    base = 1 + 0.5 * (gamma - 1) * mach**2 * (1 - q2)
+    return mach**2 * q2 / ufl.max_value(base, RHO_FLOOR)
+
+
+def switch(q2, mach, mach_crit, coef):
+    """Artificial-density switch nu = coef max(0, 1 - Mc^2/M_loc^2): 0 wherever M_loc <= Mc."""
+    import ufl
+
+    m2 = local_mach2(q2, mach)
+    return coef * ufl.max_value(m2 - mach_crit**2, 0.0) / ufl.max_value(m2, mach_crit**2)
+
+
+def artificial_density_form(psi, v, mach, extra_velocity, mach_crit, coef, degree=2):
+    """Upwind artificial-density correction (subtract it from `full_potential_form`).
+
+    In every cell K the density is replaced by rho~_K = rho_K - nu_K sum_f w_f (rho_K - rho_f),
+    summed over the inflow edges f of K (u_K . n_f < 0), rho_f the density of the cell across f,
+    w_f = |u_K . n_f| |f| / S_K with S_K = sum_inflow |u . n| |f| = 1/2 sum_edges |u x e| (exact
+    for a triangle), so sum_f w_f = 1: rho~ = (1 - nu) rho_K + nu rho_upwind, a first-order
+    upwind difference rho - nu h (u/|u|) . grad rho (Holst / Jameson artificial density).
+    For P1, int_K rho~ u . grad v = int_K rho u . grad v - |K| nu_K (u_K . grad v_K) sum_f ...,
+    written as an interior-facet integral so that UFL differentiates it exactly (Newton).
+    nu = 0 (M_loc <= Mc everywhere) gives back the plain form.
+    """
+    import ufl
+
+    u = ufl.grad(psi) + extra_velocity
+    n = ufl.FacetNormal(psi.function_space.mesh)
+    J = ufl.Jacobian(psi.function_space.mesh)
+    vol = ufl.CellVolume(psi.function_space.mesh)
+
+    def one_side(s, o):
+        us = u(s)
+        e1 = ufl.as_vector([J(s)[0, 0], J(s)[1, 0]])
+        e2 = ufl.as_vector([J(s)[0, 1], J(s)[1, 1]])
+        e3 = e2 - e1
+
+        def cross(a, b):
+            return a[0] * b[1] - a[1] * b[0]
+
+        S = 0.5 * (abs(cross(us, e1)) + abs(cross(us, e2)) + abs(cross(us, e3)))
+        q2s, q2o = ufl.dot(us, us), ufl.dot(u(o), u(o))
+        inflow = ufl.max_value(-ufl.dot(us, n(s)), 0.0)
+        nu = switch(q2s, mach, mach_crit, coef)
+        drho = density(q2s, mach) - density(q2o, mach)
+        return nu * vol(s) * ufl.dot(us, ufl.grad(v)(s)) * inflow * drho / ufl.max_value(S, 1e-14)
+
+    return (one_side("+", "-") + one_side("-", "+")) * ufl.dS(metadata={"quadrature_degree": degree})
 
 
 def cell_gradients(points, triangles, values):
@@ -102,8 +162,9 @@ class _Built:
 class PotentialFlow(LazySolver):
     """Full-potential solver: `PotentialFlow(mesh_or_path).solve(aoa=deg, mach=M, coords=None)`."""
 
-    def __init__(self, mesh, kutta_tol=1e-9, max_secant=30, newton_rtol=1e-10):
-        super().__init__(mesh, kutta_tol=kutta_tol, max_secant=max_secant, newton_rtol=newton_rtol)
+    def __init__(self, mesh, kutta_tol=1e-9, max_secant=30, newton_rtol=1e-10, mach_crit=0.95, upwind=3.0):
+        super().__init__(mesh, kutta_tol=kutta_tol, max_secant=max_secant, newton_rtol=newton_rtol,
+                         mach_crit=mach_crit, upwind=upwind)
 
     def _build(self):
         import dolfinx
@@ -127,6 +188,13 @@ class PotentialFlow(LazySolver):
         bc = dolfinx.fem.dirichletbc(b.psi_D, far)
         b.problem = dolfinx.fem.petsc.NonlinearProblem(F, b.psi, [bc])
         b.newton = newton_solver(b.problem, rtol=self.options["newton_rtol"], atol=1e-11, max_it=15)
+        # transonic: the same form plus the artificial density (used once M_loc > Mc somewhere)
+        b.mach_crit = dolfinx.fem.Constant(dm, float(self.options.get("mach_crit", 0.95)))
+        b.upwind = dolfinx.fem.Constant(dm, float(self.options.get("upwind", 3.0)))
+        Fs = F - artificial_density_form(b.psi, ufl.TestFunction(b.V), b.mach, b.gamma * g, b.mach_crit, b.upwind)
+        b.problem_up = dolfinx.fem.petsc.NonlinearProblem(Fs, b.psi, [bc])
+        b.newton_up = newton_solver(b.problem_up, rtol=self.options["newton_rtol"], atol=1e-11, max_it=30)
+        b.transonic = False
         b.dof = b.dmesh.dofs_of_nodes(b.V)
         # Kutta: the two airfoil edges at the TE node and their cells
         te = geo["te"]
@@ -159,7 +227,19 @@ class PotentialFlow(LazySolver):
     def _newton(self, mach, gamma, what):
         b = self.built
         b.mach.value, b.gamma.value = mach, gamma
-        return newton_solve(b.newton, b.psi, what)
+        return newton_solve(b.newton_up if b.transonic else b.newton, b.psi, what)
+
+    def _max_local_mach(self, mach, gamma):
+        """Largest cell Mach number of the current psi (velocity at the cell centroids)."""
+        if mach == 0:
+            return 0.0
+        b = self.built
+        x, tri = b.dmesh.coords, self.mesh.triangles
+        grad, _ = cell_gradients(x, tri, self._nodal_psi())
+        u = grad + gamma * vortex_velocity(x[tri].mean(axis=1), b.center)
+        q2 = np.einsum("ij,ij->i", u, u)
+        base = np.maximum(1 + 0.5 * (GAMMA - 1) * mach**2 * (1 - q2), RHO_FLOOR)
+        return float(np.sqrt(mach**2 * q2 / base).max())
 
     def _incompressible(self, aoa):
         """M = 0: psi and Gamma from two linear solves (f affine in Gamma)."""
@@ -194,25 +274,37 @@ class PotentialFlow(LazySolver):
         raise SolverError(f"{what}: Kutta secant iteration did not converge (|f|={abs(f1):.2e}, Gamma={g1:.6g})")
 
     def _compressible(self, mach, gamma, aoa, max_halvings=6):
-        """Continuation in Mach from 0: try the target, halve the step on failure."""
+        """Continuation in Mach from 0: try the target, halve the step on failure.
+
+        The plain (subsonic) form is used while the converged states stay below the critical local
+        Mach number Mc; at the first step that fails or exceeds it, the step is redone from the
+        last subsonic state with the artificial density (identical where M_loc <= Mc).
+        """
         b = self.built
         done, steps, halvings = 0.0, [mach], 0
         state = (b.psi.x.array.copy(), gamma)
         while steps:
             m = steps[0]
             try:
-                gamma = self._secant(m, gamma, done, aoa)
+                g_new = self._secant(m, gamma, done, aoa)
             except SolverError:
-                b.psi.x.array[:], gamma = state[0], state[1]
+                b.psi.x.array[:] = state[0]
+                if not b.transonic:  # retry the same step with the artificial density switched on
+                    b.transonic = True
+                    continue
                 halvings += 1
                 if halvings > max_halvings:
                     raise SolverError(
                         f"potential flow (aoa={aoa}, M={mach}): no convergence beyond M={done:.4g} with Mach "
-                        f"continuation (the flow likely turns locally supersonic; this full-potential solver "
-                        f"has no upwinding, so keep the local Mach number below 1)") from None
+                        f"continuation (transonic flow with a shock too strong for the artificial-density "
+                        f"full potential)") from None
                 steps.insert(0, 0.5 * (done + m))
                 continue
-            done = steps.pop(0)
+            if not b.transonic and self._max_local_mach(m, g_new) > float(b.mach_crit.value):
+                b.transonic = True  # supersonic pocket: redo this step from the last subsonic state
+                b.psi.x.array[:] = state[0]
+                continue
+            gamma, done = g_new, steps.pop(0)
             state = (b.psi.x.array.copy(), gamma)
         return gamma
 
@@ -232,6 +324,7 @@ class PotentialFlow(LazySolver):
             a = math.radians(aoa)
             ca, sa = math.cos(a), math.sin(a)
             b.psi_D.interpolate(lambda x: x[0] * ca + x[1] * sa)
+            b.transonic = False
             gamma = self._incompressible(aoa)
             gamma_inc = gamma
             if mach > 0:
@@ -263,7 +356,8 @@ class PotentialFlow(LazySolver):
         q2 = np.einsum("ij,ij->i", u_cell, u_cell)
         local_mach = 0.0 if mach == 0 else float(np.sqrt(q2 / (1 / mach**2 + 0.2 * (1 - q2))).max())
         info = {"gamma": gamma, "cl_circulation": -2 * gamma / b.chord, "gamma_incompressible": gamma_inc,
-                "max_local_mach": local_mach, "kutta_residual": self._kutta(gamma)}
+                "max_local_mach": local_mach, "kutta_residual": self._kutta(gamma),
+                "transonic": bool(b.transonic)}
         return Result(np.column_stack([u_node, cp_n, rho_n]), NAMES, cl, cd, info)
 
 

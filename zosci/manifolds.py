@@ -8,9 +8,13 @@ and a step t to a new point, in place, with an exact inverse:
   <u, w>_s = sum u_i w_i / s_i^2, whose orthonormal frame is e_i s_i and whose
   exponential map is Exp_s(w) = s * exp(w / s). Directional derivatives along
   u = s v are then grad f^T u, the Riemannian gradient is s^2 * grad f, and
-  every perturbation and update keeps s > 0.
+  every perturbation and update keeps s > 0. (The exponent of one move is
+  clamped to a quarter of the dtype's log-range, so even absurd steps leave s
+  finite and positive.)
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -23,6 +27,11 @@ class Euclidean:
     @staticmethod
     def move_(x: torch.Tensor, v: torch.Tensor, t: float) -> torch.Tensor:
         return x.add_(v, alpha=t)
+
+    @staticmethod
+    def unmove_(x: torch.Tensor, v: torch.Tensor, t: float) -> torch.Tensor:
+        """The inverse of move_ (up to round-off)."""
+        return x.add_(v, alpha=-t)
 
     @staticmethod
     def move(x: torch.Tensor, v: torch.Tensor, t: float) -> torch.Tensor:
@@ -42,8 +51,18 @@ class PositiveOrthant:
     name = "orthant"
 
     @staticmethod
+    def factor(s: torch.Tensor, v: torch.Tensor, t: float) -> torch.Tensor:
+        """exp(t v), its exponent clamped so s * exp(t v) stays finite and > 0 in s's dtype."""
+        limit = 0.25 * math.log(torch.finfo(s.dtype).max)
+        return torch.exp((v * t).clamp_(-limit, limit))
+
+    @staticmethod
     def move_(s: torch.Tensor, v: torch.Tensor, t: float) -> torch.Tensor:
-        return s.mul_(torch.exp(v * t))
+        return s.mul_(PositiveOrthant.factor(s, v, t))
+
+    @staticmethod
+    def unmove_(s: torch.Tensor, v: torch.Tensor, t: float) -> torch.Tensor:
+        return s.div_(PositiveOrthant.factor(s, v, t))
 
     @staticmethod
     def move(s: torch.Tensor, v: torch.Tensor, t: float) -> torch.Tensor:

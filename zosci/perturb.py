@@ -4,8 +4,8 @@
 tensor to x + t v (or s exp(t v)), then restores it bit for bit, without a copy:
 v is regenerated from its seed, the move is undone, and the few entries where
 floating-point round-off would not give x back (found while moving) are
-written back from a sparse record. Memory: one tensor-sized temporary at a
-time, plus the sparse record.
+written back from a sparse record. Memory: a few chunk-sized temporaries
+(zosci.samplers.CHUNK elements), plus the sparse record.
 """
 from __future__ import annotations
 
@@ -16,31 +16,35 @@ import torch
 from .manifolds import Euclidean
 
 
-def _undo(manifold, x: torch.Tensor, v: torch.Tensor, t: float) -> torch.Tensor:
-    return manifold.move_(x, v, -t) if manifold is Euclidean else x.div_(torch.exp(v * t))
-
-
 @contextmanager
 def perturbed(params, direction, t: float, manifold=Euclidean):
     """Move params (a list of tensors) by t along direction; restore on exit.
 
-    ``manifold`` is one manifold for all tensors or a list, one per tensor."""
+    ``manifold`` is one manifold for all tensors or a list, one per tensor.
+    Work streams through the direction's chunks (zosci.samplers.CHUNK)."""
     params = list(params)
     manifolds = manifold if isinstance(manifold, (list, tuple)) else [manifold] * len(params)
-    fixes = []
+    moved, fixes = [], []
     try:
         with torch.no_grad():
             for k, p in enumerate(params):
-                v = direction.part(k)
-                moved = manifolds[k].move(p, v, t)
-                back = _undo(manifolds[k], moved.clone(), v, t)
-                bad = (back != p).view(-1).nonzero().view(-1)
-                fixes.append((bad, p.view(-1)[bad].clone()))
-                p.copy_(moved)
+                flat = p.view(-1)
+                for sl, v in direction.chunks(k):
+                    seg = flat[sl]
+                    orig = seg.clone()
+                    manifolds[k].move_(seg, v, t)
+                    moved.append((k, sl.start))
+                    bad = (manifolds[k].unmove_(seg.clone(), v, t) != orig).nonzero().view(-1)
+                    if bad.numel():
+                        fixes.append((k, bad + sl.start, orig[bad]))
         yield
     finally:
         with torch.no_grad():
-            for k, (bad, values) in enumerate(fixes):
-                p = params[k]
-                _undo(manifolds[k], p, direction.part(k), t)
-                p.view(-1)[bad] = values
+            done = set(moved)
+            for k in sorted({k for k, _ in moved}):
+                flat = params[k].view(-1)
+                for sl, v in direction.chunks(k):
+                    if (k, sl.start) in done:
+                        manifolds[k].unmove_(flat[sl], v, t)
+            for k, idx, values in fixes:
+                params[k].view(-1)[idx] = values

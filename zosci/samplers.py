@@ -41,26 +41,46 @@ def mix_seed(*parts: int) -> int:
     return h & _MASK
 
 
-def _normal(seed: int, k: int, like: torch.Tensor) -> torch.Tensor:
-    g = torch.Generator(device=like.device).manual_seed(mix_seed(seed, k))
-    return torch.randn(like.shape, generator=g, dtype=like.dtype, device=like.device)
+CHUNK = 1 << 18  # elements per generated chunk: perturbations stream through this much memory
 
 
-def _dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
+def _chunk_bounds(n: int):
+    return [(c, slice(a, min(a + CHUNK, n))) for c, a in enumerate(range(0, n, CHUNK))]
+
+
+def _normal(seed: int, k: int, c: int, size: int, like: torch.Tensor) -> torch.Tensor:
+    g = torch.Generator(device=like.device).manual_seed(mix_seed(seed, k, c))
+    return torch.randn(size, generator=g, dtype=like.dtype, device=like.device)
+
+
+def _dot(a, b) -> float:
     return float(sum(torch.sum(x.double() * y.double()) for x, y in zip(a, b)))
 
 
 class Direction:
-    """One direction v over a list of tensors, regenerated from its seed."""
+    """One direction v over a list of tensors, regenerated from its seed.
+
+    v is defined chunk by chunk over each tensor's flat view (CHUNK elements,
+    each chunk from its own seed), so in-place work can stream through it."""
 
     def __init__(self, seed: int, like: Sequence[torch.Tensor]):
         self.seed = seed
         self.like = list(like)
         self.dim = sum(t.numel() for t in self.like)
 
+    def chunk(self, k: int, c: int, sl: slice) -> torch.Tensor:
+        """v over tensor k, flat elements sl (chunk number c)."""
+        raise NotImplementedError
+
+    def chunks(self, k: int):
+        """(slice, v chunk) pairs covering tensor k's flat view."""
+        for c, sl in _chunk_bounds(self.like[k].numel()):
+            yield sl, self.chunk(k, c, sl)
+
     def part(self, k: int) -> torch.Tensor:
         """v restricted to tensor k (a fresh tensor shaped like like[k])."""
-        raise NotImplementedError
+        flat = [v for _, v in self.chunks(k)]
+        return (torch.cat(flat) if flat else self.like[k].new_zeros(0)).view(self.like[k].shape)
 
     def tensors(self) -> list[torch.Tensor]:
         return [self.part(k) for k in range(len(self.like))]
@@ -68,27 +88,36 @@ class Direction:
     def flat(self) -> torch.Tensor:
         return torch.cat([p.reshape(-1) for p in self.tensors()])
 
+    def _z_dot(self, others=None) -> float:
+        """sum z.z (others None) or sum z.others over all chunks of the Gaussian z."""
+        total = 0.0
+        for k, t in enumerate(self.like):
+            for c, sl in _chunk_bounds(t.numel()):
+                z = _normal(self.seed, k, c, sl.stop - sl.start, t).double()
+                w = z if others is None else others[k].reshape(-1)[sl].double()
+                total += float(z @ w)
+        return total
+
 
 class GaussianDirection(Direction):
-    def part(self, k):
-        return _normal(self.seed, k, self.like[k])
+    def chunk(self, k, c, sl):
+        return _normal(self.seed, k, c, sl.stop - sl.start, self.like[k])
 
 
 class SphereDirection(Direction):
     def __init__(self, seed, like):
         super().__init__(seed, like)
-        z = [_normal(seed, k, t) for k, t in enumerate(self.like)]
-        self.scale = math.sqrt(self.dim / _dot(z, z))
+        self.scale = math.sqrt(self.dim / self._z_dot())
 
-    def part(self, k):
-        return _normal(self.seed, k, self.like[k]) * self.scale
+    def chunk(self, k, c, sl):
+        return _normal(self.seed, k, c, sl.stop - sl.start, self.like[k]) * self.scale
 
 
 class RademacherDirection(Direction):
-    def part(self, k):
+    def chunk(self, k, c, sl):
         t = self.like[k]
-        g = torch.Generator(device=t.device).manual_seed(mix_seed(self.seed, k))
-        bits = torch.randint(0, 2, t.shape, generator=g, device=t.device)
+        g = torch.Generator(device=t.device).manual_seed(mix_seed(self.seed, k, c))
+        bits = torch.randint(0, 2, (sl.stop - sl.start,), generator=g, device=t.device)
         return (2 * bits - 1).to(t.dtype)
 
 
@@ -99,12 +128,12 @@ class CoordinateDirection(Direction):
         super().__init__(seed, like)
         self.index = index
 
-    def part(self, k):
+    def chunk(self, k, c, sl):
         t = self.like[k]
-        v = torch.zeros_like(t)
-        offset = sum(x.numel() for x in self.like[:k])
-        if offset <= self.index < offset + t.numel():
-            v.view(-1)[self.index - offset] = math.sqrt(self.dim)
+        v = torch.zeros(sl.stop - sl.start, dtype=t.dtype, device=t.device)
+        i = self.index - sum(x.numel() for x in self.like[:k]) - sl.start
+        if 0 <= i < v.numel():
+            v[i] = math.sqrt(self.dim)
         return v
 
 
@@ -113,17 +142,18 @@ class DAPDirection(Direction):
 
     def __init__(self, seed, like, guide):
         super().__init__(seed, like)
-        self.guide = [a.to(t.dtype) for a, t in zip(guide, self.like)]
+        self.guide = [a.detach() for a in guide]
         norm2 = _dot(self.guide, self.guide)
         if not norm2 > 0:
             raise ValueError("dap: the guide is zero; pass a nonzero guide or use another sampler")
-        z = [_normal(seed, k, t) for k, t in enumerate(self.like)]
         g = torch.Generator().manual_seed(mix_seed(seed, -1))
         sign = 1.0 if torch.randint(0, 2, (1,), generator=g).item() else -1.0
-        self.coef = sign / math.sqrt(norm2) - _dot(self.guide, z) / norm2
+        self.coef = sign / math.sqrt(norm2) - self._z_dot(self.guide) / norm2
 
-    def part(self, k):
-        return _normal(self.seed, k, self.like[k]) + self.coef * self.guide[k]
+    def chunk(self, k, c, sl):
+        t = self.like[k]
+        a = self.guide[k].reshape(-1)[sl].to(t.dtype)
+        return _normal(self.seed, k, c, sl.stop - sl.start, t) + self.coef * a
 
 
 class Sampler:
@@ -169,8 +199,10 @@ class Coordinate(Sampler):
         d = sum(t.numel() for t in like)
         cycle, pos = divmod(index, d)
         g = torch.Generator().manual_seed(mix_seed(seed, cycle, 7))
-        i = int(torch.randperm(d, generator=g)[pos]) if d < 1 << 24 else int(
-            torch.randint(d, (1,), generator=torch.Generator().manual_seed(mix_seed(seed, index))))
+        if d <= 1 << 22:  # without replacement: a random permutation per cycle of d queries
+            i = int(torch.randperm(d, generator=g)[pos])
+        else:  # too many coordinates to permute: uniform with replacement (same E[v v^T] = I)
+            i = int(torch.randint(d, (1,), generator=torch.Generator().manual_seed(mix_seed(seed, index))))
         return CoordinateDirection(mix_seed(seed, index), like, i)
 
 

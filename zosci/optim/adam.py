@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 
+import torch
+
 from .base import ZOOptimizer
 
 
@@ -31,17 +33,20 @@ class ZOAdam(ZOOptimizer):
     def _guide(self, p):
         return self.state[p].get("exp_avg")
 
-    def _update(self, p, g, group, manifold):
+    def _prepare(self, p, group):
         state = self.state[p]
         if not state:
             state["step"] = 0
-            state["exp_avg"] = g.new_zeros(g.shape)
-            state["exp_avg_sq"] = g.new_zeros(g.shape)
-        beta1, beta2 = group["betas"]
+            state["exp_avg"] = torch.zeros_like(p)
+            state["exp_avg_sq"] = torch.zeros_like(p)
         state["step"] += 1
-        m, v = state["exp_avg"], state["exp_avg_sq"]
+
+    def _update(self, p, sl, g, group, manifold):
+        state = self.state[p]
+        beta1, beta2 = group["betas"]
+        m, v = state["exp_avg"].view(-1)[sl], state["exp_avg_sq"].view(-1)[sl]
         m.mul_(beta1).add_(g, alpha=1 - beta1)
         v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
         c1, c2 = 1 - beta1 ** state["step"], 1 - beta2 ** state["step"]
         d = (m / c1) / ((v / c2).sqrt() + group["eps"])
-        manifold.move_(p, d, -group["lr"])
+        manifold.move_(p.view(-1)[sl], d, -group["lr"])

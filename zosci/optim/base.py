@@ -5,8 +5,9 @@
 x + t v (or s exp(t v) on the positive orthant), the closure is called, and the
 parameters are restored bit for bit (zosci.perturb); v is regenerated from a
 seed, never stored. The estimate in frame coordinates, g = mean_k delta_k v_k,
-is formed one parameter at a time and handed to ``_update``; so the memory is
-that of inference plus the optimizer's own state (momentum, Adam moments).
+is formed chunk by chunk (zosci.samplers.CHUNK elements) and handed to
+``_update``; so the memory is that of inference plus the optimizer's own state
+(momentum, Adam moments) plus a few chunks.
 
 Sampler, estimator, mu, queries and sequence are shared by all parameter
 groups (one direction spans every parameter); lr, manifold and the method's
@@ -25,7 +26,7 @@ from ..estimators import get_estimator
 from ..manifolds import get_manifold
 from ..perturb import perturbed
 from ..queries import QueryDrawer, run_queries
-from ..samplers import get_sampler
+from ..samplers import _dot, get_sampler
 
 _SHARED = ("sampler", "estimator", "mu", "queries", "sequence", "clip", "on_failure")
 
@@ -70,7 +71,11 @@ class ZOOptimizer(Optimizer):
         """The gradient information DAP aligns with, or None."""
         return None
 
-    def _update(self, p: torch.Tensor, g: torch.Tensor, group: dict, manifold) -> None:
+    def _prepare(self, p: torch.Tensor, group: dict) -> None:
+        """Called once per parameter and step, before its chunks are updated."""
+
+    def _update(self, p: torch.Tensor, sl: slice, g: torch.Tensor, group: dict, manifold) -> None:
+        """Update the flat elements sl of p, given the estimate g over them."""
         raise NotImplementedError
 
     def _params(self):
@@ -88,7 +93,7 @@ class ZOOptimizer(Optimizer):
         manifolds = [m for _, _, m in entries]
         guide = [self._guide(p) for p in params]
         sampler = self.sampler
-        if sampler.needs_guide and any(a is None for a in guide):
+        if sampler.needs_guide and (any(a is None for a in guide) or _dot(guide, guide) == 0.0):
             sampler, guide = get_sampler("gaussian"), None
         elif not sampler.needs_guide:
             guide = None
@@ -113,9 +118,13 @@ class ZOOptimizer(Optimizer):
             if clip is not None:
                 q.delta = max(-clip, min(clip, q.delta))
         for k, (p, group, manifold) in enumerate(entries):
-            g = torch.zeros_like(p)
-            for q in info.kept:
-                g.add_(q.direction.part(k), alpha=q.delta / len(info.kept))
-            self._update(p, g, group, manifold)
+            self._prepare(p, group)
+            streams = [q.direction.chunks(k) for q in info.kept]
+            for pieces in zip(*streams):
+                sl = pieces[0][0]
+                g = torch.zeros(sl.stop - sl.start, dtype=p.dtype, device=p.device)
+                for q, (_, v) in zip(info.kept, pieces):
+                    g.add_(v, alpha=q.delta / len(info.kept))
+                self._update(p, sl, g, group, manifold)
         self.last_info = info
         return info.base

@@ -33,13 +33,25 @@ class ZOSGD(ZOOptimizer):
         state = self.state[p]
         return state.get("momentum_buffer", state.get("previous_estimate"))
 
-    def _update(self, p, g, group, manifold):
+    def _prepare(self, p, group):
+        state = self.state[p]
+        if group["momentum"] and "momentum_buffer" not in state:
+            state["momentum_buffer"] = torch.zeros_like(p)
+            state["fresh"] = True
+        elif not group["momentum"] and self.sampler.needs_guide and "previous_estimate" not in state:
+            state["previous_estimate"] = torch.zeros_like(p)
+
+    def _update(self, p, sl, g, group, manifold):
         state = self.state[p]
         if group["momentum"]:
-            buf = state.get("momentum_buffer")
-            buf = g.clone() if buf is None else buf.mul_(group["momentum"]).add_(g)
-            state["momentum_buffer"] = buf
+            buf = state["momentum_buffer"].view(-1)[sl]
+            if state.get("fresh"):
+                buf.copy_(g)
+            else:
+                buf.mul_(group["momentum"]).add_(g)
+            if sl.stop == p.numel():
+                state.pop("fresh", None)
             g = buf
         elif self.sampler.needs_guide:
-            state["previous_estimate"] = g.clone()
-        manifold.move_(p, g, -group["lr"])
+            state["previous_estimate"].view(-1)[sl].copy_(g)
+        manifold.move_(p.view(-1)[sl], g, -group["lr"])

@@ -1,0 +1,158 @@
+"""Mesh adaptation: modes keep cells valid and are smooth, backtracking, loss decrease, ZO VJP, case run/resume."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from zosci.adapt import AdaptationLoss, Interpolator, MeshModes, adam_step, backtrack, fine_targets, graph_laplacian
+from zosci.audit import reference_vjp
+from zosci.cli import main
+from zosci.hybrid import BlackBox
+from zosci.runs import KILL_ENV
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def meshes():
+    from zosci.solvers import naca_mesh
+
+    return naca_mesh(n_airfoil=16, n_farfield=12), naca_mesh(n_airfoil=30, n_farfield=16)
+
+
+def test_modes_keep_cells_valid_and_are_smooth(meshes):
+    coarse, _ = meshes
+    modes = MeshModes(coarse, 8)
+    gen = torch.Generator().manual_seed(0)
+    boundary = coarse.node_type() > 0
+    L = graph_laplacian(len(coarse.points), coarse.edges())
+    for _ in range(20):
+        theta = torch.rand(modes.dim, generator=gen, dtype=torch.float64) * 2 - 1
+        theta *= 0.9 / modes.K ** 0.5  # ||Phi Theta||_i < 1 for most nodes
+        x = modes.coords_np(theta)
+        assert np.array_equal(x[boundary], coarse.points[boundary])  # boundary fixed
+        assert modes.area_ratio(theta) > 0
+        coarse.with_points(x)  # raises MeshError on an inverted cell
+    # smooth: Rayleigh quotient d^T L d / d^T d of a mode's (unscaled) shape << that of noise
+    phi = modes.basis.numpy() / (0.5 * np.where(np.isfinite(modes.h), modes.h, 1))[:, None]
+    noise = np.where(boundary, 0.0, np.random.default_rng(0).standard_normal(len(phi)))
+    rq = lambda d: float(d @ (L @ d) / (d @ d))  # noqa: E731
+    ratios = [rq(phi[:, k]) / rq(noise) for k in range(modes.K)]
+    assert ratios[0] < 0.05 and max(ratios) < 0.3, ratios
+
+
+def test_backtracking_shortens_an_inverting_step(meshes):
+    modes = MeshModes(meshes[0], 8)
+    zero = torch.zeros(modes.dim, dtype=torch.float64)
+    big = torch.full((modes.dim,), 20.0, dtype=torch.float64)
+    assert modes.area_ratio(big) < 0  # the full step inverts cells
+    new, t, tries = backtrack(modes, zero, big, min_area_ratio=0.3)
+    assert 0 < t < 1 and tries > 1 and modes.area_ratio(new) >= 0.3
+    assert modes.area_ratio(zero + 2 * t * big) < 0.3  # the step before was rejected
+    small = big * 1e-4
+    assert backtrack(modes, zero, small)[1] == 1.0
+
+
+def test_interpolation_is_exact_for_linear_fields(meshes):
+    coarse, fine = meshes
+    f = lambda x: 2 * x[:, :1] - 3 * x[:, 1:] + 1  # noqa: E731
+    interp = Interpolator(coarse.triangles, fine.points)
+    x = torch.as_tensor(coarse.points)
+    inside = interp.locate(coarse.points) >= 0
+    out = interp(x, f(x))
+    assert inside.all()
+    ok = np.linalg.norm(fine.points - 0.5, axis=1) < 15  # away from the far-field polygon
+    assert torch.allclose(out[ok], f(torch.as_tensor(fine.points))[ok], atol=1e-9)
+
+
+def _loss(meshes, **kw):
+    from zosci.solvers import PotentialFlow
+
+    coarse, fine = meshes
+    conds, cols = [(2.0, 0.3)], [0, 1, 2]
+    targets = fine_targets(PotentialFlow(fine), conds, cols)
+    modes = MeshModes(coarse, 4)
+    return AdaptationLoss(PotentialFlow(coarse), modes, fine.points, targets, conds, cols, **kw), modes
+
+
+def test_adaptation_steps_reduce_the_loss(meshes):
+    loss, modes = _loss(meshes, sampler="sphere", queries=8, seed=1)
+    theta = torch.zeros(modes.dim, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.Adam([theta], lr=0.05)
+    first = float(loss.value(theta.detach()).sum())
+    for _ in range(6):
+        adam_step(loss, theta, opt)
+    last = float(loss.value(theta.detach()).sum())
+    assert last < 0.99 * first, (first, last)
+    assert loss.solver_calls == 2 + 6 * (1 + 8)
+    assert modes.area_ratio(theta.detach()) >= 0.2
+
+
+def test_blackbox_vjp_over_the_solver_agrees_with_central_differences(meshes):
+    loss, modes = _loss(meshes)
+    fn = loss.fns[0]  # theta -> coarse fields (the real solver)
+    theta = torch.full((modes.dim,), 0.05, dtype=torch.float64)
+    ybar = torch.as_tensor(np.random.default_rng(0).standard_normal(fn(theta.numpy()).shape))
+    ref = reference_vjp(fn, theta, ybar, "central", h=1e-4)
+    box = BlackBox(fn, sampler="sphere", queries=32, mu=1e-4, numpy_io=True, seed=0)
+    x = theta.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(box(x), x, ybar)
+    cos = float(g @ ref / (g.norm() * ref.norm()))
+    assert cos > 0.5, cos
+
+
+CASE = """kind = "mesh_adaptation"
+name = "tiny-adapt"
+output = "{output}"
+[mesh]
+coarse_airfoil = 10
+coarse_farfield = 10
+fine_airfoil = 20
+fine_farfield = 12
+[flow]
+aoa = [2.0]
+mach = [0.2]
+[adapt]
+modes = 3
+steps = 4
+queries = 2
+checkpoint_every = 2
+"""
+
+
+def test_shipped_cases_validate(capsys):
+    for name in ("naca0012_mesh_adaptation.toml", "naca0012_mesh_adaptation_cfdgcn.toml"):
+        assert main(["validate", str(ROOT / "cases" / name)]) == 0
+    bad = ROOT / "cases" / "naca0012_mesh_adaptation.toml"
+    from zosci.cases import validate
+    from zosci.config import read_toml
+    from zosci.errors import ConfigError
+
+    raw, _ = read_toml(bad)
+    raw["flow"]["mach"] = [0.3]
+    with pytest.raises(ConfigError, match="flow.mach"):
+        validate(raw)
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_identical_metrics(tmp_path):
+    def case(out):
+        p = tmp_path / f"{out}.toml"
+        p.write_text(CASE.format(output=(tmp_path / out).as_posix()))
+        return p
+
+    assert main(["run", str(case("full"))]) == 0
+    (full,) = (tmp_path / "full").iterdir()
+    proc = subprocess.run([sys.executable, "-m", "zosci", "run", str(case("killed"))], cwd=ROOT,
+                          env={**os.environ, KILL_ENV: "3"}, capture_output=True, text=True)
+    assert proc.returncode == 137, proc.stderr[-2000:]
+    (killed,) = (tmp_path / "killed").iterdir()
+    assert main(["run", "--resume", str(killed)]) == 0
+    assert (killed / "metrics.csv").read_text() == (full / "metrics.csv").read_text()
+    assert len((full / "metrics.csv").read_text().splitlines()) == 1 + 4 + 1
+    for png in ("loss", "mesh_before", "mesh_after", "field_fine"):
+        assert (killed / f"{png}.png").exists()
