@@ -45,6 +45,41 @@ def test_modes_keep_cells_valid_and_are_smooth(meshes):
     assert ratios[0] < 0.05 and max(ratios) < 0.3, ratios
 
 
+def test_sliding_boundary_keeps_the_airfoil_and_the_trailing_edge(meshes):
+    from zosci.solvers.mesh import airfoil_geometry
+
+    coarse, _ = meshes
+    modes = MeshModes(coarse, 8, boundary="slide")
+    assert np.allclose(modes.coords_np(np.zeros(modes.dim)), coarse.points, atol=1e-12)
+    theta = torch.full((modes.dim,), 0.3, dtype=torch.float64)
+    x = modes.coords_np(theta)
+    ntype, te = coarse.node_type(), airfoil_geometry(coarse)["te"]
+    assert np.array_equal(x[te], coarse.points[te])  # Kutta: the TE node stays
+    foil = np.flatnonzero(ntype == 1)
+    assert np.abs(x[foil] - coarse.points[foil]).max() > 1e-4  # airfoil nodes do move ...
+    # ... but stay on the airfoil: within a small distance of the original polyline
+    seg = coarse.points[coarse.boundaries["airfoil"]]
+    a, b = seg[:, 0], seg[:, 1]
+    t = np.clip(np.einsum("pij,ij->pi", x[foil][:, None] - a, b - a) / np.einsum("ij,ij->i", b - a, b - a), 0, 1)
+    dist = np.linalg.norm(x[foil][:, None] - (a + t[..., None] * (b - a)), axis=2).min(axis=1)
+    assert dist.max() < 2e-3, dist.max()
+    far = np.flatnonzero(ntype == 2)
+    assert np.allclose(np.linalg.norm(x[far], axis=1), np.linalg.norm(coarse.points[far], axis=1))
+    assert modes.area_ratio(theta) > 0
+    # coords is differentiable through the sliding map
+    th = theta.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(modes.coords(th)[foil].sum(), th)
+    assert torch.isfinite(g).all() and g.abs().sum() > 0
+
+
+def test_min_angle_guard_shortens_a_step(meshes):
+    modes = MeshModes(meshes[0], 8, boundary="slide")
+    zero = torch.zeros(modes.dim, dtype=torch.float64)
+    big = torch.full((modes.dim,), 5.0, dtype=torch.float64)
+    new, t, _ = backtrack(modes, zero, big, min_area_ratio=0.01, min_angle=10.0)
+    assert modes.min_angle(new) >= 10.0 and modes.area_ratio(new) >= 0.01
+
+
 def test_backtracking_shortens_an_inverting_step(meshes):
     modes = MeshModes(meshes[0], 8)
     zero = torch.zeros(modes.dim, dtype=torch.float64)

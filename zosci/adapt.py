@@ -53,19 +53,86 @@ def min_altitudes(points: np.ndarray, triangles: np.ndarray) -> np.ndarray:
     return h
 
 
-class MeshModes:
-    """theta (2K,) -> coords (n, 2) = X0 + h/2 * Phi Theta, boundary nodes fixed."""
+def _boundary_loop(mesh, name: str, start: int) -> np.ndarray:
+    """Nodes of the closed boundary `name` in loop order, beginning at node `start`."""
+    nbrs: dict = {}
+    for a, b in mesh.boundaries[name]:
+        nbrs.setdefault(int(a), []).append(int(b))
+        nbrs.setdefault(int(b), []).append(int(a))
+    loop, prev = [start], None
+    while True:
+        nxt = [q for q in nbrs[loop[-1]] if q != prev]
+        if not nxt or nxt[0] == start:
+            break
+        prev = loop[-1]
+        loop.append(nxt[0])
+    if len(loop) != len(nbrs):
+        raise ValueError(f"boundary {name!r} is not one closed loop ({len(loop)} of {len(nbrs)} nodes reached)")
+    return np.asarray(loop)
 
-    def __init__(self, mesh, modes: int = 16):
+
+class _AirfoilSpline:
+    """The airfoil as a cubic spline x(s) through its nodes (s: arc length of the polyline from the
+    trailing edge, once around); x(s_i) = the original node i, so sliding keeps the discrete shape up
+    to the spline's interpolation between nodes. The TE (s = 0 = S) is a knot at both ends (a corner)."""
+
+    def __init__(self, points: np.ndarray, loop: np.ndarray):
+        from scipy.interpolate import CubicSpline
+
+        xy = points[np.append(loop, loop[0])]
+        s = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(xy, axis=0), axis=1))])
+        self.nodes, self.s0 = loop[1:], s[1:-1]          # the sliding nodes (TE excluded) and their s
+        cs = CubicSpline(s, xy, bc_type="not-a-knot")
+        self.knots = torch.as_tensor(s)
+        self.coef = torch.as_tensor(cs.c)                  # (4, m, 2)
+        d = cs(self.s0, 1)
+        self.tangent = d / np.linalg.norm(d, axis=1, keepdims=True)  # unit dx/ds at the nodes
+
+    def __call__(self, s: torch.Tensor) -> torch.Tensor:
+        s = s.clamp(float(self.knots[0]) + 1e-9, float(self.knots[-1]) - 1e-9)
+        i = (torch.searchsorted(self.knots, s.detach()) - 1).clamp(0, len(self.knots) - 2)
+        ds = (s - self.knots.to(s.dtype)[i])[:, None]
+        c = self.coef.to(s.dtype)[:, i]
+        return ((c[0] * ds + c[1]) * ds + c[2]) * ds + c[3]
+
+
+class MeshModes:
+    """theta (2K,) -> coords (n, 2) = X0 + h/2 * Phi Theta, boundary nodes fixed or sliding.
+
+    boundary "fixed": Phi = the K lowest Dirichlet Laplacian modes on the interior nodes (module docstring).
+    boundary "slide": Phi = the K lowest Laplacian modes on every node but the airfoil's trailing edge (fixed
+    for the Kutta condition); interior nodes move by d_i = h_i/2 (Phi Theta)_i, airfoil nodes slide along a
+    cubic spline through the original airfoil nodes by the tangential part of d_i (arc length
+    s_i = s0_i + t_i . d_i), far-field nodes slide along their circle (angle += t_i . d_i / r_i).
+    """
+
+    def __init__(self, mesh, modes: int = 16, boundary: str = "fixed"):
         from scipy.sparse.linalg import eigsh
 
-        self.mesh, self.points0 = mesh, mesh.points.copy()
-        self.interior = np.flatnonzero(mesh.node_type() == 0)
-        n_int = len(self.interior)
-        if not 1 <= modes < n_int:
-            raise ValueError(f"modes: must be in 1..{n_int - 1} for a mesh with {n_int} interior nodes, got {modes}")
-        L = graph_laplacian(len(mesh.points), mesh.edges())[self.interior][:, self.interior]
-        if n_int <= 1500:
+        if boundary not in ("fixed", "slide"):
+            raise ValueError(f"boundary: must be 'fixed' or 'slide', got {boundary!r}")
+        self.mesh, self.points0, self.boundary = mesh, mesh.points.copy(), boundary
+        ntype = mesh.node_type()
+        self.interior = np.flatnonzero(ntype == 0)
+        if boundary == "slide":
+            from .solvers.mesh import airfoil_geometry
+
+            te = airfoil_geometry(mesh)["te"]
+            self.spline = _AirfoilSpline(self.points0, _boundary_loop(mesh, "airfoil", te))
+            self.far = np.flatnonzero(ntype == 2)
+            self.centre = np.zeros(2)
+            rel = self.points0[self.far] - self.centre
+            self.far_r = np.linalg.norm(rel, axis=1)
+            self.far_a0 = np.arctan2(rel[:, 1], rel[:, 0])
+            self.far_t = np.column_stack([-np.sin(self.far_a0), np.cos(self.far_a0)])
+            movable = np.setdiff1d(np.arange(len(mesh.points)), [te])
+        else:
+            movable = self.interior
+        n_mov = len(movable)
+        if not 1 <= modes < n_mov:
+            raise ValueError(f"modes: must be in 1..{n_mov - 1} for a mesh with {n_mov} movable nodes, got {modes}")
+        L = graph_laplacian(len(mesh.points), mesh.edges())[movable][:, movable]
+        if n_mov <= 1500:
             _, vecs = np.linalg.eigh(L.toarray())
             vecs = vecs[:, :modes]
         else:
@@ -77,14 +144,24 @@ class MeshModes:
         self.dim = 2 * modes
         self.h = min_altitudes(self.points0, mesh.triangles)
         basis = np.zeros((len(mesh.points), modes))
-        basis[self.interior] = vecs * (0.5 * self.h[self.interior])[:, None]
+        basis[movable] = vecs * (0.5 * self.h[movable])[:, None]
         self.basis = torch.as_tensor(basis)          # (n, K): h_i/2 phi_k(i)
         self.x0 = torch.as_tensor(self.points0)
         self.area0 = mesh.signed_areas()
 
     def coords(self, theta: torch.Tensor) -> torch.Tensor:
         """Node positions (n, 2) for theta (2K,); differentiable."""
-        return self.x0.to(theta.dtype) + self.basis.to(theta.dtype) @ theta.reshape(self.K, 2)
+        d = self.basis.to(theta.dtype) @ theta.reshape(self.K, 2)
+        x = self.x0.to(theta.dtype) + d
+        if self.boundary == "slide":
+            sp_ = self.spline
+            s = torch.as_tensor(sp_.s0, dtype=theta.dtype) + (d[sp_.nodes] * torch.as_tensor(sp_.tangent)).sum(1)
+            x = x.index_copy(0, torch.as_tensor(sp_.nodes), sp_(s))
+            a = torch.as_tensor(self.far_a0) + (d[self.far] * torch.as_tensor(self.far_t)).sum(1) / torch.as_tensor(self.far_r)
+            r = torch.as_tensor(self.far_r, dtype=theta.dtype)[:, None]
+            far = torch.as_tensor(self.centre, dtype=theta.dtype) + r * torch.stack([torch.cos(a), torch.sin(a)], 1)
+            x = x.index_copy(0, torch.as_tensor(self.far), far)
+        return x
 
     def coords_np(self, theta) -> np.ndarray:
         return self.coords(torch.as_tensor(np.asarray(theta), dtype=torch.float64)).numpy()
@@ -96,20 +173,35 @@ class MeshModes:
         area = 0.5 * np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0])
         return float((area / self.area0).min())
 
+    def min_angle(self, theta) -> float:
+        """Smallest cell angle (degrees) at coords(theta)."""
+        from .solvers.quality import min_angles
+
+        return float(np.min(min_angles(self.coords_np(theta), self.mesh.triangles)))
+
     def mesh_at(self, theta):
         """The moved Mesh (same topology)."""
         return self.mesh.with_points(self.coords_np(theta))
 
 
-def backtrack(modes: MeshModes, theta, step, min_area_ratio: float = 0.2, shrink: float = 0.5, max_tries: int = 30):
+def feasible(modes: MeshModes, theta, min_area_ratio: float = 0.2, min_angle: float = 0.0) -> bool:
+    """Every cell keeps >= min_area_ratio of its initial signed area and (if min_angle > 0) an angle
+    >= min_angle degrees."""
+    if modes.area_ratio(theta) < min_area_ratio:
+        return False
+    return min_angle <= 0 or modes.min_angle(theta) >= min_angle
+
+
+def backtrack(modes: MeshModes, theta, step, min_area_ratio: float = 0.2, shrink: float = 0.5, max_tries: int = 30,
+              min_angle: float = 0.0):
     """(theta + t step, t, tries): the largest t = shrink^j (j < max_tries) keeping every cell at
-    >= min_area_ratio of its initial area; t = 0 (theta unchanged) if none does."""
+    >= min_area_ratio of its initial area (and min_angle degrees, if > 0); t = 0 (theta unchanged) if none does."""
     theta = torch.as_tensor(theta, dtype=torch.float64)
     step = torch.as_tensor(step, dtype=torch.float64)
     t = 1.0
     for tries in range(1, max_tries + 1):
         new = theta + t * step
-        if modes.area_ratio(new) >= min_area_ratio:
+        if feasible(modes, new, min_area_ratio, min_angle):
             return new, t, tries
         t *= shrink
     return theta.clone(), 0.0, max_tries
@@ -191,10 +283,10 @@ class ThetaFieldFn:
     """theta (2K,) numpy -> FieldFn(coords(theta)): the black box when ZO perturbs theta."""
 
     def __init__(self, field_fn: FieldFn, modes: MeshModes):
-        self.field_fn, self.basis, self.x0, self.K = field_fn, modes.basis.numpy(), modes.points0, modes.K
+        self.field_fn, self.modes = field_fn, modes
 
     def __call__(self, theta):
-        return self.field_fn(self.x0 + self.basis @ np.asarray(theta, dtype=np.float64).reshape(self.K, 2))
+        return self.field_fn(self.modes.coords_np(theta))
 
 
 FIELD_NAMES = ("u", "v", "Cp", "rho")
@@ -263,7 +355,7 @@ class AdaptationLoss:
             b.guide, b.evaluations, b.failed = s["guide"], s["evaluations"], s["failed"]
 
 
-def adam_step(loss: AdaptationLoss, theta: torch.Tensor, opt, min_area_ratio: float = 0.2):
+def adam_step(loss: AdaptationLoss, theta: torch.Tensor, opt, min_area_ratio: float = 0.2, min_angle: float = 0.0):
     """One step: losses (C,) at theta, ZO-hybrid gradient, Adam proposal, backtracked onto valid meshes.
     Returns (losses at the old theta, accepted step length t)."""
     theta.grad = None
@@ -272,10 +364,10 @@ def adam_step(loss: AdaptationLoss, theta: torch.Tensor, opt, min_area_ratio: fl
     old = theta.detach().clone()
     opt.step()
     with torch.no_grad():
-        new, t, _ = backtrack(loss.modes, old, theta.detach() - old, min_area_ratio)
+        new, t, _ = backtrack(loss.modes, old, theta.detach() - old, min_area_ratio, min_angle=min_angle)
         theta.copy_(new)
     return losses.detach().numpy(), t
 
 
-__all__ = ["MeshModes", "backtrack", "Interpolator", "barycentric", "FieldFn", "ThetaFieldFn", "AdaptationLoss",
+__all__ = ["MeshModes", "backtrack", "feasible", "Interpolator", "barycentric", "FieldFn", "ThetaFieldFn", "AdaptationLoss",
            "fine_targets", "adam_step", "graph_laplacian", "min_altitudes", "FIELD_NAMES"]

@@ -8,9 +8,9 @@ and a step t to a new point, in place, with an exact inverse:
   <u, w>_s = sum u_i w_i / s_i^2, whose orthonormal frame is e_i s_i and whose
   exponential map is Exp_s(w) = s * exp(w / s). Directional derivatives along
   u = s v are then grad f^T u, the Riemannian gradient is s^2 * grad f, and
-  every perturbation and update keeps s > 0. (The exponent of one move is
-  clamped to a quarter of the dtype's log-range, so even absurd steps leave s
-  finite and positive.)
+  every perturbation and update keeps s > 0. (In floating point: the exponent
+  of one move is clamped to a quarter of the dtype's log-range and the result
+  to its positive normal range, so even absurd steps leave s finite and > 0.)
 """
 from __future__ import annotations
 
@@ -58,7 +58,8 @@ class PositiveOrthant:
 
     @staticmethod
     def move_(s: torch.Tensor, v: torch.Tensor, t: float) -> torch.Tensor:
-        return s.mul_(PositiveOrthant.factor(s, v, t))
+        info = torch.finfo(s.dtype)
+        return s.mul_(PositiveOrthant.factor(s, v, t)).clamp_(info.tiny, info.max)
 
     @staticmethod
     def unmove_(s: torch.Tensor, v: torch.Tensor, t: float) -> torch.Tensor:

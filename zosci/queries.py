@@ -9,6 +9,7 @@ optimizers) and vector-valued black boxes (BlackBox).
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -56,6 +57,12 @@ class QueryDrawer:
         return Query(k, direction, self.estimator.stencil(gen))
 
 
+def _finite(delta) -> bool:
+    if isinstance(delta, torch.Tensor):
+        return bool(torch.isfinite(delta).all())
+    return math.isfinite(delta)
+
+
 def combine(query: Query, values: dict, base) -> object:
     total = 0.0
     for t, w in query.stencil:
@@ -90,10 +97,14 @@ def run_queries(drawer: QueryDrawer, evaluate_batch, evaluate_base, queries: int
             else:
                 values.setdefault(q.index, {})[t] = r
         for q in pending:
+            if q.index not in failed:
+                q.delta = combine(q, values.get(q.index, {}), info.base)
+                if not _finite(q.delta):
+                    log.warning("query %d gave a non-finite directional derivative", q.index)
+                    failed.add(q.index)
             if q.index in failed:
                 info.failed += 1
             else:
-                q.delta = combine(q, values.get(q.index, {}), info.base)
                 info.kept.append(q)
         if not failed or on_failure == "drop" or round_ == max_rounds:
             break

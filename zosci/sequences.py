@@ -14,6 +14,7 @@ forward estimator's at step mu.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -43,7 +44,7 @@ class StepSequence:
         """mu_n, n = 1, 2, ..."""
         return self.mu * (self.ratio ** (n - 1) if self.kind == "geometric" else 1.0 / n)
 
-    @property
+    @cached_property
     def levels(self) -> int:
         """K: the number of levels n = 1..K, with mu_{K+1} >= mu * tail."""
         k = 1
@@ -51,14 +52,19 @@ class StepSequence:
             k += 1
         return k
 
-    def probabilities(self) -> torch.Tensor:
-        """p_n = (mu_n - mu_{n+1}) / (mu_1 - mu_{K+1}), n = 1..K."""
+    @cached_property
+    def _law(self) -> tuple[torch.Tensor, torch.Tensor]:
         k = self.levels
         mus = torch.tensor([self.step(n) for n in range(1, k + 2)], dtype=torch.float64)
-        return (mus[:-1] - mus[1:]) / (mus[0] - mus[-1])
+        p = (mus[:-1] - mus[1:]) / (mus[0] - mus[-1])
+        return p, torch.cumsum(p, 0)
+
+    def probabilities(self) -> torch.Tensor:
+        """p_n = (mu_n - mu_{n+1}) / (mu_1 - mu_{K+1}), n = 1..K."""
+        return self._law[0].clone()
 
     def sample(self, generator: torch.Generator) -> tuple[int, float, float]:
         """A level N ~ p, its probability p_N and P(level <= N)."""
-        p = self.probabilities()
+        p, cdf = self._law
         n = int(torch.multinomial(p, 1, generator=generator)) + 1
-        return n, float(p[n - 1]), float(p[:n].sum())
+        return n, float(p[n - 1]), float(cdf[n - 1])

@@ -43,7 +43,10 @@ SCHEMA = Schema({
     },
     "adapt": {
         "modes": Field(int, 16, min=1, doc="Laplacian modes K (theta has 2K entries)"),
+        "boundary": Field(str, "fixed", choices=["fixed", "slide"],
+                          doc="boundary nodes fixed, or sliding along the airfoil spline (TE fixed) / far-field circle"),
         "min_area_ratio": Field(float, 0.2, min=0, max=1, min_exclusive=True, doc="backtracking floor on area/initial"),
+        "min_angle": Field(float, 0.0, min=0, max=60, doc="backtracking floor on the smallest cell angle (degrees; 0: off)"),
         "steps": Field(int, 20, min=1, doc="Adam steps"),
         "lr": Field(float, 0.05, min=0, min_exclusive=True, doc="Adam learning rate (theta units)"),
         "sampler": Field(str, "gaussian", choices=sorted(SAMPLERS)),
@@ -112,7 +115,7 @@ def run(run):
     coarse, fine = load_meshes(cfg["mesh"])
     run.logger.info("coarse %s, fine %s, %d conditions, fields %s", coarse, fine, len(conditions), flow["fields"])
     targets = cached_targets(run.path / "fine_fields.npz", fine, conditions, columns)
-    modes = MeshModes(coarse, ad["modes"])
+    modes = MeshModes(coarse, ad["modes"], ad["boundary"])
     solver = PotentialFlow(coarse)
     pool = SolverPool(solver, ad["workers"]) if ad["workers"] > 0 else None
     try:
@@ -133,7 +136,7 @@ def run(run):
         names = [f"loss_a{a:g}_M{m:g}" for a, m in conditions]
         bar = run.progress(total=ad["steps"], initial=start, desc="mesh adaptation")
         for step in range(start + 1, ad["steps"] + 1):
-            losses, t = adam_step(loss, theta, opt, ad["min_area_ratio"])
+            losses, t = adam_step(loss, theta, opt, ad["min_area_ratio"], ad["min_angle"])
             run.log_metrics(step, solver_calls=loss.solver_calls, step_length=t, loss=float(losses.sum()),
                             **dict(zip(names, map(float, losses))))
             bar.update()

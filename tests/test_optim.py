@@ -1,0 +1,154 @@
+"""ZO optimizers, exact in-place perturbation, and the positive orthant."""
+import math
+
+import pytest
+import torch
+
+import zosci
+from zosci.manifolds import Euclidean, PositiveOrthant
+from zosci.optim import ZOSGD, ZOAdam
+from zosci.perturb import perturbed
+from zosci.samplers import CHUNK, get_sampler
+
+
+def rosenbrock(x):
+    return float((100 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2).sum())
+
+
+def _logistic_problem(d=10, n=200):
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, d, generator=g, dtype=torch.float64)
+    w_true = torch.randn(d, generator=g, dtype=torch.float64)
+    y = (a @ w_true + 0.3 * torch.randn(n, generator=g, dtype=torch.float64) > 0).double()
+
+    def loss(w):
+        return float(torch.nn.functional.binary_cross_entropy_with_logits(a @ w, y))
+    return loss
+
+
+@pytest.mark.parametrize("opt_cls,kwargs", [
+    (ZOSGD, dict(lr=2e-4, momentum=0.9, sampler="sphere", estimator="forward", queries=4, mu=1e-4)),
+    (ZOAdam, dict(lr=2e-2, sampler="gaussian", estimator="p3", queries=4, mu=1e-3)),
+    (ZOAdam, dict(lr=2e-2, sampler="dap", estimator="forward", queries=4, mu=1e-3)),
+])
+def test_optimizers_decrease_rosenbrock(opt_cls, kwargs):
+    x = torch.nn.Parameter(torch.full((6,), -0.5, dtype=torch.float64))
+    opt = opt_cls([x], seed=1, **kwargs)
+    start = rosenbrock(x.detach())
+    for _ in range(400):
+        opt.step(lambda: rosenbrock(x.detach()))
+    assert rosenbrock(x.detach()) < 0.2 * start
+
+
+@pytest.mark.parametrize("sampler", ["gaussian", "sphere", "dap", "rademacher"])
+def test_optimizers_decrease_logistic_loss(sampler):
+    loss = _logistic_problem()
+    w = torch.nn.Parameter(torch.zeros(10, dtype=torch.float64))
+    opt = ZOSGD([w], lr=0.05, momentum=0.5, sampler=sampler, queries=2, seed=0)
+    start = loss(w.detach())
+    for _ in range(300):
+        opt.step(lambda: loss(w.detach()))
+    assert loss(w.detach()) < 0.6 * start
+
+
+def test_perturbation_restores_bit_for_bit_where_naive_undo_does_not():
+    g = torch.Generator().manual_seed(0)
+    # values across many magnitudes, several chunks: x + t v - t v is not x in floating point
+    params = [torch.randn(CHUNK + 1000, generator=g) * torch.logspace(-8, 2, CHUNK + 1000),
+              torch.randn(7, 3, generator=g)]
+    original = [p.clone() for p in params]
+    direction = get_sampler("gaussian").draw(5, 0, 1, params)
+    naive = [p.clone().add_(v, alpha=1e-2).add_(v, alpha=-1e-2) for p, v in zip(params, direction.tensors())]
+    assert not all(torch.equal(a, b) for a, b in zip(naive, original))  # the problem is real
+    for manifold in (Euclidean, [Euclidean, Euclidean]):
+        with perturbed(params, direction, 1e-2, manifold):
+            assert not torch.equal(params[0], original[0])
+            assert torch.allclose(params[1], original[1] + 1e-2 * direction.part(1))
+        assert all(torch.equal(a, b) for a, b in zip(params, original))
+    scales = [original[0].abs() + 1e-6]
+    keep = scales[0].clone()
+    with perturbed(scales, direction, 0.5, PositiveOrthant):
+        assert bool((scales[0] > 0).all())
+    assert torch.equal(scales[0], keep)
+
+
+def test_step_restores_parameters_before_the_update():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    before = [p.detach().clone() for p in net.parameters()]
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+    seen = []
+
+    def closure():
+        seen.append([p.detach().clone() for p in net.parameters()])
+        return float(((net(x) - y) ** 2).mean())
+
+    opt = ZOSGD(net.parameters(), lr=0.0, sampler="gaussian", estimator="forward", queries=1)
+    opt.step(closure)
+    assert len(seen) == 2  # forward estimator: f(x) and f(x + mu v), nothing more
+    assert all(torch.equal(a, b) for a, b in zip(seen[0], before))
+    assert not all(torch.equal(a, b) for a, b in zip(seen[1], before))
+    assert all(torch.equal(p.detach(), b) for p, b in zip(net.parameters(), before))
+
+
+def test_state_dict_resumes_identically():
+    loss = _logistic_problem()
+
+    def run(steps, resume_at=None):
+        w = torch.nn.Parameter(torch.zeros(10, dtype=torch.float64))
+        opt = ZOAdam([w], lr=0.05, sampler="dap", queries=2, seed=3)
+        for i in range(steps):
+            if i == resume_at:
+                state, w_saved = opt.state_dict(), w.detach().clone()
+                w = torch.nn.Parameter(w_saved)
+                opt = ZOAdam([w], lr=0.05, sampler="dap", queries=2, seed=99)
+                opt.load_state_dict(state)
+            opt.step(lambda: loss(w.detach()))
+        return w.detach()
+
+    assert torch.equal(run(12), run(12, resume_at=5))
+
+
+def test_orthant_optimizer_never_leaves_positive_orthant():
+    s = torch.nn.Parameter(torch.full((8,), 0.1, dtype=torch.float64))
+    target = torch.linspace(0.5, 2.0, 8, dtype=torch.float64)
+    f = lambda: float(((s.detach() - target) ** 2).sum())  # noqa: E731
+    euclid = torch.nn.Parameter(s.detach().clone())
+    g = lambda: float(((euclid.detach() - target) ** 2).sum())  # noqa: E731
+    opt = ZOSGD([s], lr=5.0, manifold="orthant", queries=2, seed=0)
+    bad = ZOSGD([euclid], lr=5.0, queries=2, seed=0)
+    for _ in range(10):
+        opt.step(f)
+        bad.step(g)
+        assert bool((s > 0).all()) and bool(torch.isfinite(s).all())
+    assert bool((euclid <= 0).any())  # the same steps in Euclidean coordinates leave the orthant
+    small = torch.nn.Parameter(torch.full((8,), 0.1, dtype=torch.float64))
+    opt = ZOSGD([small], lr=0.02, manifold="orthant", queries=4, seed=0)
+    h = lambda: float(((small.detach() - target) ** 2).sum())  # noqa: E731
+    start = h()
+    for _ in range(300):
+        opt.step(h)
+    assert h() < 0.05 * start
+
+
+def test_orthant_gradient_is_the_riemannian_gradient():
+    """s * mean(delta v) estimates s^2 grad f under <u, w>_s = sum u w / s^2."""
+    s = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64)
+    c = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    est = torch.stack([zosci.estimate_orthant_gradient(lambda z: float(c @ z), s, estimator="central", mu=1e-4,
+                                                       queries=500, generator=gen) for _ in range(20)])
+    mean, se = est.mean(0), est.std(0) / math.sqrt(20)
+    assert torch.all((mean - s ** 2 * c).abs() <= 5 * se)
+    step = zosci.orthant.riemannian_step(s, mean, lr=100.0)
+    assert bool((step > 0).all())
+
+
+def test_shared_options_must_not_differ_per_group():
+    a, b = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
+    with pytest.raises(ValueError, match="mu: is shared"):
+        ZOSGD([{"params": [a]}, {"params": [b], "mu": 0.1}])
+    with pytest.raises(ValueError, match="positive orthant"):
+        ZOSGD([torch.nn.Parameter(-torch.ones(2))], manifold="orthant")
+    with pytest.raises(ValueError, match="closure"):
+        ZOSGD([a]).step(None)
