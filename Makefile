@@ -3,8 +3,9 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.zosci-installed
-# Debian's FEniCSx (dolfinx 0.5.2 for /usr/bin/python3) and what its JIT and gmsh's wheel need.
-APT_PACKAGES := python3-dolfinx-real python3-venv python3-dev gcc libc6-dev \
+# Debian's FEniCSx (dolfinx 0.5.2 for /usr/bin/python3), Debian's h5py (same libhdf5 as dolfinx, for
+# meshio's XDMF writer; a pip h5py clashes with it), and what the JIT and gmsh's wheel need.
+APT_PACKAGES := python3-dolfinx-real python3-h5py python3-venv python3-dev gcc libc6-dev \
 	libglu1-mesa libxcursor1 libxft2 libxinerama1 libxrender1 libxext6 libgl1
 PYTEST_ARGS ?=
 

@@ -18,6 +18,7 @@ p4       D_1 + Delta_N / p_N                            3 per query + f(x) once
                                                         (2 when N = 1)
 p3       fair coin: 2 D_1, or 2 Delta_N / p_N           1 or 2 per query + f(x)
 p2       D_N + F(N) Delta_N / p_N                       2 per query + f(x) once
+                                                        (1 when N = 1)
 p1       fair coin: 2 D_N, or 2 F(N) Delta_N / p_N      1 or 2 per query + f(x)
 ======== ============================================== ===========================
 

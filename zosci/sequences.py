@@ -66,5 +66,6 @@ class StepSequence:
     def sample(self, generator: torch.Generator) -> tuple[int, float, float]:
         """A level N ~ p, its probability p_N and P(level <= N)."""
         p, cdf = self._law
-        n = int(torch.multinomial(p, 1, generator=generator)) + 1
+        u = torch.rand((), generator=generator, dtype=torch.float64) * cdf[-1]
+        n = min(int(torch.searchsorted(cdf, u, right=True)), len(p) - 1) + 1  # inverse CDF
         return n, float(p[n - 1]), float(cdf[n - 1])
