@@ -155,8 +155,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m zosci.bench hybrid", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="small budget and fewer audit trials (~2 min)")
     p.add_argument("--budget", type=int, default=None, help="solver calls per adaptation method (default 400; quick 120)")
-    p.add_argument("--section", default=str(Path(__file__).with_name("hybrid.section.md")),
-                   help="where to write the BENCHMARKS section")
+    p.add_argument("--section", default=None, help="also write the results as a markdown section to this file")
     args = p.parse_args(argv)
     budget = args.budget or (120 if args.quick else 400)
     queries, trials = ((4, 16), 3) if args.quick else ((4, 16, 32), 6)
@@ -211,8 +210,9 @@ def main(argv=None):
                f"### 1. VJP audit: cosine(estimate, central-difference reference), {trials} trials\n\n{audit_md}\n\n"
                f"### 2. Mesh adaptation at {budget} solver calls per method\n\n{adapt_md}\n\n{verdict}\n\n"
                f"### 3. CFD-GCN test MSE\n\n(see zosci/bench/cfd_gcn.py)\n")
-    Path(args.section).write_text(section)
-    print(f"\nwrote {args.section}")
+    if args.section:
+        Path(args.section).write_text(section)
+        print(f"\nwrote {args.section}")
     return 0
 
 

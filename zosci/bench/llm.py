@@ -159,7 +159,7 @@ def main(argv=None) -> int:
     p.add_argument("--model-config", default="minilm", choices=["minilm", *llm.models.CONFIGS])
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=str(Path(__file__).resolve().parents[2] / "llm" / "BENCHMARKS.section.md"))
+    p.add_argument("--out", default=None, help="also write the report (markdown) to this file")
     args = p.parse_args(argv)
     args.argv = list(argv if argv is not None else sys.argv[1:])
     if args.steps:
@@ -188,8 +188,9 @@ def main(argv=None) -> int:
     mem = memory_and_speed(model, sentences, labels, args.device, args.repeats)
     report = format_report(args, acc, mem, time.perf_counter() - t0)
     print(report)
-    Path(args.out).write_text(report)
-    print(f"written: {args.out}")
+    if args.out:
+        Path(args.out).write_text(report)
+        print(f"written: {args.out}")
     return 0
 
 
