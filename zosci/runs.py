@@ -90,12 +90,16 @@ class Run:
             self._handlers.append(h)
         if self.logger.level == logging.NOTSET or self.logger.level > logging.INFO:
             self.logger.setLevel(logging.INFO)
+        # the run prints its own log; a root handler installed by a library (FFCx's JIT does) would repeat it
+        self._propagate, self.logger.propagate = self.logger.propagate, False
 
     def close(self):
         """Detach and close this run's log handlers."""
         for h in self._handlers:
             self.logger.removeHandler(h)
             h.close()
+        if self._handlers:
+            self.logger.propagate = self._propagate
         self._handlers = []
 
     def __enter__(self):
