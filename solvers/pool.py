@@ -8,6 +8,7 @@ in input order; with a foreign executor (e.g. Dask's `client.get_executor()`, wh
 scheduler retries tasks of dead workers) the lazily-picklable solver travels with each
 task and workers cache the built solver by its token.
 """
+import functools
 import multiprocessing
 import os
 import pickle
@@ -15,6 +16,8 @@ import threading
 import uuid
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+
+from zosci.parallel import evaluate
 
 from .errors import SolverError
 
@@ -40,6 +43,16 @@ def _solve_with(token, solver, kwargs):
         _CACHE.clear()
         _CACHE[token] = cached = solver
     return cached.solve(**kwargs)
+
+
+class _SolveIn:
+    """kwargs -> solver.solve(**kwargs), serially in this process."""
+
+    def __init__(self, solver):
+        self.solver = solver
+
+    def __call__(self, kwargs):
+        return self.solver.solve(**kwargs)
 
 
 def solver_token(solver):
@@ -151,25 +164,12 @@ def solve_batch(solver, kwargs_list, executor=None, errors="return"):
         raise ValueError(f"errors={errors!r}: use 'return' or 'raise'")
     kwargs_list = list(kwargs_list)
     if executor is None:
-        futures = None
-        out = []
-        for kw in kwargs_list:
-            try:
-                out.append(solver.solve(**kw))
-            except SolverError as e:
-                out.append(e)
+        fn = _SolveIn(solver)
+    elif isinstance(executor, SolverPool):
+        fn = _pool_solve  # the pool's workers hold their own solver
     else:
-        if isinstance(executor, SolverPool):
-            futures = [executor.solve(**kw) for kw in kwargs_list]
-        else:
-            token = solver_token(solver)
-            futures = [executor.submit(_solve_with, token, solver, kw) for kw in kwargs_list]
-        out = []
-        for f in futures:
-            try:
-                out.append(f.result())
-            except SolverError as e:
-                out.append(e)
+        fn = functools.partial(_solve_with, solver_token(solver), solver)
+    out = evaluate(fn, kwargs_list, executor)
     if errors == "raise":
         for r in out:
             if isinstance(r, SolverError):
