@@ -117,12 +117,21 @@ def run(run):
     model, trained = build_model(cfg, seed, train)
     opt = make_optimizer(model, cfg["method"], seed)
     batches = D.Batches(train, dc["batch_size"], seed)
-    state, start, passes = run.load_checkpoint(), 0, 0
+    # MeZO checkpoints its seeds: each step's (seed, [(query, delta)]), replayed on the initial weights;
+    # QZO/HoZO checkpoint the scales they train, first-order everything it trains
+    seeded = cfg["method"]["name"] == "mezo"
+    state, start, passes, records = run.load_checkpoint(), 0, 0, []
     if state is not None:
-        with torch.no_grad():
-            for p, saved in zip(trained, state["trained"]):
-                p.copy_(saved)
-        opt.load_state_dict(state["optimizer"])
+        if seeded:
+            records = list(state["records"])
+            for record in records:
+                opt.apply_record(record)
+            opt.generator.set_state(state["zo_generator"])
+        else:
+            with torch.no_grad():
+                for p, saved in zip(trained, state["trained"]):
+                    p.copy_(saved)
+            opt.load_state_dict(state["optimizer"])
         batches.set_state(state["batches"])
         start, passes = state["step"], state["forward_passes"]
         run.logger.info("resuming at step %d of %d", start, tc["steps"])
@@ -137,6 +146,8 @@ def run(run):
     for step in range(start + 1, tc["steps"] + 1):
         sentences, labels = batches.next()
         loss = train_step(model, opt, sentences, labels)
+        if seeded:
+            records.append(opt.last_record)
         passes += forward_passes(opt)
         ev = evaluate(model, evalset) if step % tc["eval_every"] == 0 or step == tc["steps"] else None
         run.log_metrics(step, forward_passes=passes, train_loss=loss,
@@ -144,9 +155,10 @@ def run(run):
         if ev:
             run.logger.info("step %d: eval accuracy %.4f, loss %.4f", step, ev["accuracy"], ev["loss"])
         if step % tc["checkpoint_every"] == 0 or step == tc["steps"]:
-            run.save_checkpoint({"step": step, "forward_passes": passes, "optimizer": opt.state_dict(),
-                                 "trained": [p.detach().clone() for p in trained],
-                                 "batches": batches.state()}, step)
+            changed = ({"records": records, "zo_generator": opt.generator.get_state()} if seeded else
+                       {"optimizer": opt.state_dict(), "trained": [p.detach().clone() for p in trained]})
+            run.save_checkpoint({"step": step, "forward_passes": passes, "batches": batches.state(), **changed},
+                                step)
         bar.update()
     bar.close()
     report(run)

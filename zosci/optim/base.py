@@ -82,21 +82,27 @@ class ZOOptimizer(Optimizer):
         return [(p, group, get_manifold(group["manifold"])) for group in self.param_groups
                 for p in group["params"]]
 
+    def _sampler_and_guide(self, params):
+        guide = [self._guide(p) for p in params]
+        if not self.sampler.needs_guide:
+            return self.sampler, None
+        if any(a is None for a in guide) or _dot(guide, guide) == 0.0:
+            return get_sampler("gaussian"), None  # no gradient information yet
+        return self.sampler, guide
+
     @torch.no_grad()
     def step(self, closure):
-        """One ZO step; returns f at the current parameters (None if not evaluated)."""
+        """One ZO step; returns f at the current parameters (None if not evaluated).
+
+        The step's update is also kept as ``last_record`` = (seed, [(query index,
+        delta), ...]): a few numbers from which ``apply_record`` redoes it exactly."""
         if closure is None:
             raise ConfigError("closure: zeroth-order optimizers need step(closure), "
                               "where closure() returns the loss (no backward)")
         entries = self._params()
         params = [p for p, _, _ in entries]
         manifolds = [m for _, _, m in entries]
-        guide = [self._guide(p) for p in params]
-        sampler = self.sampler
-        if sampler.needs_guide and (any(a is None for a in guide) or _dot(guide, guide) == 0.0):
-            sampler, guide = get_sampler("gaussian"), None
-        elif not sampler.needs_guide:
-            guide = None
+        sampler, guide = self._sampler_and_guide(params)
         seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
         queries = self.defaults["queries"]
         drawer = QueryDrawer(sampler, self.estimator, seed, params, guide, queries)
@@ -114,17 +120,31 @@ class ZOOptimizer(Optimizer):
         info = run_queries(drawer, evaluate_batch, lambda: float(closure()), queries,
                            self.defaults["on_failure"])
         clip = self.defaults["clip"]
-        for q in info.kept:
-            if clip is not None:
+        if clip is not None:
+            for q in info.kept:
                 q.delta = max(-clip, min(clip, q.delta))
+        self.last_info = info
+        self.last_record = (seed, [(q.index, q.delta) for q in info.kept])
+        self.apply_record(self.last_record)
+        return info.base
+
+    @torch.no_grad()
+    def apply_record(self, record) -> None:
+        """Apply the update of a step from its record (seed, [(index, delta), ...]).
+
+        Replaying the records of a run on the initial parameters reproduces its
+        parameters and optimizer state bit for bit (MeZO's seed checkpoints)."""
+        seed, kept = record
+        entries = self._params()
+        params = [p for p, _, _ in entries]
+        sampler, guide = self._sampler_and_guide(params)
+        count = self.defaults["queries"]
+        directions = [sampler.draw(seed, index, count, params, guide) for index, _ in kept]
         for k, (p, group, manifold) in enumerate(entries):
             self._prepare(p, group)
-            streams = [q.direction.chunks(k) for q in info.kept]
-            for pieces in zip(*streams):
+            for pieces in zip(*[d.chunks(k) for d in directions]):
                 sl = pieces[0][0]
                 g = torch.zeros(sl.stop - sl.start, dtype=p.dtype, device=p.device)
-                for q, (_, v) in zip(info.kept, pieces):
-                    g.add_(v, alpha=q.delta / len(info.kept))
+                for (_, delta), (_, v) in zip(kept, pieces):
+                    g.add_(v, alpha=delta / len(kept))
                 self._update(p, sl, g, group, manifold)
-        self.last_info = info
-        return info.base
