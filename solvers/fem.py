@@ -4,6 +4,8 @@
 nodes / P1 dofs, the facet tags of the boundary markers, and moves the mesh by
 assigning `geometry.x` (compiled forms stay valid: they only see the geometry).
 """
+from contextlib import contextmanager
+
 import numpy as np
 
 from .errors import SolverError
@@ -72,6 +74,17 @@ class DolfinxMesh:
     @property
     def coords(self):
         return self._coords
+
+    @contextmanager
+    def moved(self, coords):
+        """Nodes at coords (None: the mesh's own) inside the block; put back if it raises SolverError."""
+        old = self._coords
+        try:
+            self.set_coords(coords)
+            yield
+        except SolverError:
+            self.set_coords(old)
+            raise
 
     def set_coords(self, coords):
         """Move the nodes (same topology); raises MeshError on an inverted cell, leaves geometry unchanged."""

@@ -152,30 +152,33 @@ class NavierStokes(LazySolver):
         if not reynolds > 0:
             raise SolverError(f"reynolds={reynolds}: must be > 0")
         b = self.built
-        old = b.dmesh.coords
         try:
-            b.dmesh.set_coords(coords)
-            a = math.radians(aoa)
-            ca, sa = math.cos(a), math.sin(a)
-            b.u_far.interpolate(lambda x: np.vstack([np.full(x.shape[1], ca), np.full(x.shape[1], sa)]))
-            warm = b.last_good is not None
-            iters = None
-            if warm:
-                b.w.x.array[:] = b.last_good[0]
-                try:
-                    iters = self._newton(reynolds, f"Navier-Stokes (aoa={aoa}, Re={reynolds})")
-                except SolverError:
-                    iters = None
-            if iters is None:
-                iters = self._continuation(reynolds, aoa)
-                warm = False
-            b.last_good = (b.w.x.array.copy(), reynolds)
-            return self._outputs(aoa, {"newton_iterations": iters, "warm_start": warm})
+            with b.dmesh.moved(coords):
+                return self._solve_here(aoa, reynolds)
         except SolverError:
-            b.dmesh.set_coords(old)
             if b.last_good is not None:
-                b.w.x.array[:] = b.last_good[0]
+                b.w.x.array[:] = b.last_good[0]  # the next warm start begins from the last good state
             raise
+
+    def _solve_here(self, aoa, reynolds):
+        """Newton from the last good state (warm), else Reynolds continuation (cold)."""
+        b = self.built
+        a = math.radians(aoa)
+        ca, sa = math.cos(a), math.sin(a)
+        b.u_far.interpolate(lambda x: np.vstack([np.full(x.shape[1], ca), np.full(x.shape[1], sa)]))
+        warm = b.last_good is not None
+        iters = None
+        if warm:
+            b.w.x.array[:] = b.last_good[0]
+            try:
+                iters = self._newton(reynolds, f"Navier-Stokes (aoa={aoa}, Re={reynolds})")
+            except SolverError:
+                iters = None
+        if iters is None:
+            iters = self._continuation(reynolds, aoa)
+            warm = False
+        b.last_good = (b.w.x.array.copy(), reynolds)
+        return self._outputs(aoa, {"newton_iterations": iters, "warm_start": warm})
 
     def _outputs(self, aoa, info):
         import dolfinx

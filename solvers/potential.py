@@ -318,9 +318,7 @@ class PotentialFlow(LazySolver):
         if not 0.0 <= mach < 1.0:
             raise SolverError(f"mach={mach}: the full-potential solver needs 0 <= mach < 1 (subsonic)")
         b = self.built
-        old = b.dmesh.coords
-        try:
-            b.dmesh.set_coords(coords)
+        with b.dmesh.moved(coords):
             a = math.radians(aoa)
             ca, sa = math.cos(a), math.sin(a)
             b.psi_D.interpolate(lambda x: x[0] * ca + x[1] * sa)
@@ -330,9 +328,6 @@ class PotentialFlow(LazySolver):
             if mach > 0:
                 gamma = self._compressible(mach, gamma, aoa)
             return self._outputs(aoa, mach, gamma, gamma_inc)
-        except SolverError:
-            b.dmesh.set_coords(old)
-            raise
 
     def _outputs(self, aoa, mach, gamma, gamma_inc):
         b = self.built

@@ -8,12 +8,7 @@ import pytest
 from zosci.solvers import Mesh, MeshError, mesh_to_graph, naca_mesh
 from zosci.solvers.quality import signed_areas
 
-MESHES = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "meshes")
-needs_meshes = pytest.mark.skipif(not os.path.isdir(MESHES), reason=f"CFD-GCN meshes not found at {MESHES}")
-
-
-def su2(name):
-    return os.path.join(MESHES, f"NACA0012_{name}.su2")
+from shared_data import MESHES, needs_meshes, su2  # noqa: F401
 
 
 @needs_meshes

@@ -8,12 +8,7 @@ import pytest
 
 from zosci.solvers import MeshError, PotentialFlow, SolverError, naca_mesh
 
-MESHES = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "meshes")
-needs_meshes = pytest.mark.skipif(not os.path.isdir(MESHES), reason=f"CFD-GCN meshes not found at {MESHES}")
-
-
-def su2(name):
-    return os.path.join(MESHES, f"NACA0012_{name}.su2")
+from shared_data import MESHES, needs_meshes, su2  # noqa: F401
 
 
 @pytest.fixture(scope="module")
