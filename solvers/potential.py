@@ -183,7 +183,8 @@ class PotentialFlow(LazySolver):
         X = ufl.SpatialCoordinate(dm)
         r = X - ufl.as_vector([float(b.center[0]), float(b.center[1])])
         g = ufl.as_vector([-r[1], r[0]]) / (2 * math.pi * ufl.dot(r, r))
-        F = full_potential_form(b.psi, ufl.TestFunction(b.V), b.mach, b.gamma * g)
+        v = ufl.TestFunction(b.V)  # one Argument for both forms: UFL must see a single v_0 in Fs below
+        F = full_potential_form(b.psi, v, b.mach, b.gamma * g)
         far = dolfinx.fem.locate_dofs_topological(b.V, 1, b.dmesh.facets("farfield"))
         bc = dolfinx.fem.dirichletbc(b.psi_D, far)
         b.problem = dolfinx.fem.petsc.NonlinearProblem(F, b.psi, [bc])
@@ -191,7 +192,7 @@ class PotentialFlow(LazySolver):
         # transonic: the same form plus the artificial density (used once M_loc > Mc somewhere)
         b.mach_crit = dolfinx.fem.Constant(dm, float(self.options.get("mach_crit", 0.95)))
         b.upwind = dolfinx.fem.Constant(dm, float(self.options.get("upwind", 3.0)))
-        Fs = F - artificial_density_form(b.psi, ufl.TestFunction(b.V), b.mach, b.gamma * g, b.mach_crit, b.upwind)
+        Fs = F - artificial_density_form(b.psi, v, b.mach, b.gamma * g, b.mach_crit, b.upwind)
         b.problem_up = dolfinx.fem.petsc.NonlinearProblem(Fs, b.psi, [bc])
         b.newton_up = newton_solver(b.problem_up, rtol=self.options["newton_rtol"], atol=1e-11, max_it=30)
         b.transonic = False
