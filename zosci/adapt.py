@@ -244,6 +244,12 @@ class Interpolator:
             cells[out] = cand[np.arange(len(out)), best]
         return cells
 
+    def inside(self, coords: np.ndarray, tol: float = 1e-9) -> np.ndarray:
+        """Bool (N,): the targets inside the mesh at coords (barycentric weights >= -tol in their cell)."""
+        cells = self.locate(coords)
+        lam = barycentric(self.targets, torch.as_tensor(np.asarray(coords, dtype=np.float64)[self.triangles[cells]]))
+        return (lam.min(dim=1).values >= -tol).numpy()
+
     def weights(self, coords: torch.Tensor):
         """(node indices (N, 3), weights (N, 3)); weights differentiable in coords."""
         cells = self.locate(coords.detach().numpy())

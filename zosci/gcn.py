@@ -5,12 +5,15 @@
     model = CFDGCN(in_features=node_features(...).shape[1] + k)
     pred = model(torch.cat([features, z], 1), edge_index)
 
-Barycentric: each fine node takes the coarse triangle that contains it (or, outside
-the coarse domain, the one it is least outside of) and its barycentric
-coordinates, so linear fields are reproduced exactly (also by extrapolation).
-The triangle is chosen without gradient; the weights are torch functions of the
-coarse positions, so moving the coarse mesh gets an exact gradient through the
-interpolation (and a zeroth-order one through the solver, zosci.hybrid).
+Barycentric: zosci.adapt.Interpolator, the one P1 interpolation of the project
+(mesh adaptation uses it too): each fine node takes the coarse triangle that
+contains it and its barycentric coordinates, so linear fields are reproduced
+exactly inside the coarse domain; a fine node outside it (on the curved airfoil
+or far-field arcs between coarse boundary nodes) takes the nearest cell with
+weights clamped to >= 0 and renormalized (no overshoot). The triangle is chosen
+without gradient; the weights are torch functions of the coarse positions, so
+moving the coarse mesh gets an exact gradient through the interpolation (and a
+zeroth-order one through the solver, zosci.hybrid).
 """
 from __future__ import annotations
 
@@ -18,37 +21,17 @@ import numpy as np
 import torch
 
 
-def _barycentric(p, a, b, c):
-    """Barycentric coordinates (..., 3) of points p w.r.t. triangles (a, b, c); works for numpy and torch."""
-    v0, v1, v2 = b - a, c - a, p - a
-    det = v0[..., 0] * v1[..., 1] - v0[..., 1] * v1[..., 0]
-    l1 = (v2[..., 0] * v1[..., 1] - v2[..., 1] * v1[..., 0]) / det
-    l2 = (v0[..., 0] * v2[..., 1] - v0[..., 1] * v2[..., 0]) / det
-    return 1 - l1 - l2, l1, l2
-
-
-def locate(points, triangles, coarse_pos, chunk=512):
-    """For each point: the index of the coarse triangle containing it, else the one it is least outside of."""
-    pts = np.asarray(points, dtype=np.float64)
-    x = np.asarray(coarse_pos, dtype=np.float64)[np.asarray(triangles)]
-    a, b, c = x[None, :, 0], x[None, :, 1], x[None, :, 2]
-    out = np.empty(len(pts), dtype=np.int64)
-    for s in range(0, len(pts), chunk):
-        l0, l1, l2 = _barycentric(pts[s:s + chunk, None, :], a, b, c)
-        worst = np.minimum(np.minimum(l0, l1), l2)  # >= 0 inside
-        out[s:s + chunk] = np.argmax(worst, axis=1)
-    return out
-
-
 class Upsampler:
-    """Coarse nodal values -> fine nodes: barycentric (exact for linear fields) or k-NN inverse distance."""
+    """Coarse nodal values -> fine nodes: barycentric (zosci.adapt.Interpolator) or k-NN inverse distance."""
 
     def __init__(self, fine_pos, coarse_triangles, method: str = "barycentric", k: int = 3):
         if method not in ("barycentric", "knn"):
             raise ValueError(f"interpolation: must be 'barycentric' or 'knn', got {method!r}")
+        from .adapt import Interpolator
+
         self.fine = torch.as_tensor(np.asarray(fine_pos), dtype=torch.float64)
-        self.triangles = torch.as_tensor(np.asarray(coarse_triangles), dtype=torch.long)
         self.method, self.k = method, k
+        self.barycentric = Interpolator(coarse_triangles, fine_pos) if method == "barycentric" else None
 
     def weights(self, coarse_pos: torch.Tensor):
         """(index (n_fine, m) of coarse nodes, weights (n_fine, m)); weights differentiable in coarse_pos."""
@@ -59,11 +42,7 @@ class Upsampler:
             dist = (self.fine[:, None, :] - cp[idx]).norm(dim=-1).clamp_min(1e-12)
             w = 1 / dist
             return idx, w / w.sum(1, keepdim=True)
-        tri = self.triangles[torch.as_tensor(locate(self.fine.numpy(), self.triangles.numpy(),
-                                                    cp.detach().numpy()))]
-        x = cp[tri]
-        w = torch.stack(_barycentric(self.fine, x[:, 0], x[:, 1], x[:, 2]), dim=1)
-        return tri, w
+        return self.barycentric.weights(cp)
 
     def __call__(self, coarse_values: torch.Tensor, coarse_pos) -> torch.Tensor:
         idx, w = self.weights(coarse_pos)
