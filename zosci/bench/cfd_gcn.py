@@ -1,6 +1,6 @@
 """Benchmark: CFD-GCN test MSE per method (GCN alone, fixed coarse mesh, ZO-adapted mesh per sampler), both splits.
 
-    python -m zosci.bench cfd_gcn [--quick] [--epochs N] [--cache DIR]
+    python -m zosci.bench cfd_gcn [--quick] [--epochs N] [--cache DIR] [--split S] [--methods M,...]
 
 Full: CFD-GCN meshes (coarse solver mesh NACA0012_xcoarse, 353 nodes; target NACA0012_coarse,
 1843 nodes), grid 7 aoa x 6 Mach. --quick: gmsh meshes (161 / 355 nodes), grid 3 x 2, 2 epochs.
@@ -37,17 +37,25 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="tiny gmsh meshes and grid, 2 epochs")
     ap.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
     ap.add_argument("--cache", default="runs/cfd_gcn_cache", help="fine-solution cache folder")
+    ap.add_argument("--split", choices=["interpolation", "extrapolation"], default=None, help="one split only")
+    names = [m if s is None else f"{m}/{s}" for m, s in METHODS]
+    ap.add_argument("--methods", default=",".join(names), help=f"comma-separated subset of {','.join(names)}")
     args = ap.parse_args(argv)
+    chosen = args.methods.split(",")
+    if not set(chosen) <= set(names):
+        ap.error(f"--methods: unknown {sorted(set(chosen) - set(names))}; choose from {','.join(names)}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     log = logging.getLogger("bench.cfd_gcn")
     cfg = config(args.quick, args.epochs, args.cache)
     t_all = time.perf_counter()
     rows = []
-    for split in ("interpolation", "extrapolation"):
+    for split in [args.split] if args.split else ["interpolation", "extrapolation"]:
         c = copy.deepcopy(cfg)
         c["data"]["split"] = split
         prob = Problem(c, log)
         for method, sampler in METHODS:
+            if (method if sampler is None else f"{method}/{sampler}") not in chosen:
+                continue
             tr = Trainer(prob, c, method, sampler)
             secs = []
             for _ in range(c["train"]["epochs"]):
