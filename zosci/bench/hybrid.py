@@ -157,6 +157,16 @@ def run_powell(ctx, budget):
     return torch.as_tensor(obj.best_x), obj.loss.solver_calls
 
 
+def measure(ctx, name, fn):
+    """Run one method fn() -> (theta, calls); (loss at theta, calls, seconds, min area ratio, min angle)."""
+    t = time.time()
+    theta, calls = fn()
+    final = float(make_loss(ctx).value(theta).sum())
+    sec = time.time() - t
+    print(f"  {name}: loss {final:.5g} ({calls} calls, {sec:.0f} s)", flush=True)
+    return final, calls, sec, ctx[3].area_ratio(theta), ctx[3].min_angle(theta)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m zosci.bench hybrid", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="small budget and fewer audit trials (~2 min)")
@@ -191,13 +201,7 @@ def main(argv=None):
     for sig in SIGMAS:
         methods[f"CMA-ES (sigma0 {sig})"] = lambda sig=sig: run_cma(ctx, budget, sigma=sig)
     methods["Powell (scipy)"] = lambda: run_powell(ctx, budget)
-    results = {}
-    for name, fn in methods.items():
-        t = time.time()
-        theta, calls = fn()
-        final = float(make_loss(ctx).value(theta).sum())
-        results[name] = (final, calls, time.time() - t, modes.area_ratio(theta), modes.min_angle(theta))
-        print(f"  {name}: loss {final:.5g} ({calls} calls, {time.time() - t:.0f} s)", flush=True)
+    results = {name: measure(ctx, name, fn) for name, fn in methods.items()}
     lines = [f"| method | loss (initial {base:.5g}) | reduction | solver calls | min area ratio | min angle (deg) | time (s) |",
              "|---|---|---|---|---|---|---|"]
     for name, (final, calls, sec, ratio, angle) in results.items():
@@ -218,12 +222,8 @@ def main(argv=None):
                  f"CMA-ES (sigma0 {sig}), {args.floor_budget} calls": lambda: run_cma(ctx, args.floor_budget, sigma=sig)}
         lines = ["| method | loss | solver calls | time (s) |", "|---|---|---|---|"]
         for name, fn in floor.items():
-            t = time.time()
-            theta, calls = fn()
-            final = float(make_loss(ctx).value(theta).sum())
-            results[name] = (final, calls, time.time() - t, modes.area_ratio(theta), modes.min_angle(theta))
-            lines.append(f"| {name} | {final:.5g} | {calls} | {time.time() - t:.0f} |")
-            print(f"  {name}: loss {final:.5g} ({calls} calls)", flush=True)
+            results[name] = final, calls, sec, _, _ = measure(ctx, name, fn)
+            lines.append(f"| {name} | {final:.5g} | {calls} | {sec:.0f} |")
         lowest = min((v[0], k) for k, v in results.items())
         reach = "below" if lowest[0] <= cma / 2 else "above"
         floor_md = (f"### 3. Floor: {args.floor_budget} solver calls\n\n" + "\n".join(lines) +
