@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from zosci.adapt import AdaptationLoss, Interpolator, MeshModes, adam_step, backtrack, fine_targets, graph_laplacian
+from zosci.cfd.adapt import AdaptationLoss, Interpolator, MeshModes, adam_step, backtrack, fine_targets, graph_laplacian
 from zosci.audit import reference_vjp
 from zosci.cli import main
 from zosci.hybrid import BlackBox

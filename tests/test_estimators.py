@@ -86,17 +86,30 @@ def test_finite_differences_are_biased_at_large_mu(estimator):
     assert torch.any((mean - truth).abs() > 8 * se), (mean, truth, se)
 
 
-def test_evaluation_counts():
+class Counted:
+    """f that counts its calls."""
+
+    def __init__(self, f):
+        self.f, self.calls = f, 0
+
+    def __call__(self, x):
+        self.calls += 1
+        return self.f(x)
+
+
+@pytest.mark.parametrize("name", sorted(ESTIMATORS))
+def test_evaluation_counts_are_exact(name):
+    """info.evaluations is the number of calls made: f(x) once (if used) + the nonzero steps of each stencil."""
     x = torch.zeros(4, dtype=torch.float64)
-    counts = {}
-    for name in ESTIMATORS:
-        _, info = zosci.estimate_gradient(linear if False else (lambda z: float(z.sum())), x, "gaussian", name,
-                                          queries=8, generator=torch.Generator().manual_seed(0), return_info=True)
-        counts[name] = info.evaluations
-    assert counts["forward"] == 9 and counts["central"] == 16
-    assert 9 + 8 <= counts["p4"] <= 1 + 3 * 8
-    assert 1 + 8 <= counts["p2"] <= 1 + 2 * 8  # N = 1 needs only mu_2: D_1 cancels
-    assert 1 + 8 <= counts["p3"] <= 1 + 2 * 8 and 1 + 8 <= counts["p1"] <= 1 + 2 * 8
+    f = Counted(lambda z: float(z.sum()))
+    _, info = zosci.estimate_gradient(f, x, "gaussian", name, queries=8, generator=torch.Generator().manual_seed(0),
+                                      return_info=True)
+    steps = sum(len([t for t, _ in q.stencil if t != 0.0]) for q in info.kept)
+    uses_base = any(t == 0.0 for q in info.kept for t, _ in q.stencil)
+    assert info.evaluations == f.calls == steps + uses_base
+    per_query = {"forward": 1, "central": 2}
+    if name in per_query:
+        assert f.calls == per_query[name] * 8 + (name == "forward")
 
 
 def test_generator_makes_estimates_bit_for_bit_reproducible():
@@ -134,18 +147,100 @@ def test_failed_queries_are_resampled_or_dropped_and_counted(caplog):
     x = torch.zeros(4, dtype=torch.float64)
     g, info = zosci.estimate_gradient(Flaky(), x, "gaussian", "forward", mu=0.1, queries=20,
                                       generator=torch.Generator().manual_seed(0), return_info=True)
-    assert info.failed > 0 and info.resampled > 0 and info.queries == 20
+    assert info.failed > 0 and info.resampled == info.failed and info.queries == 20
+    assert info.evaluations == 1 + 20 + info.failed  # every failed point was a call too
     assert "failed" in caplog.text
     g, info = zosci.estimate_gradient(Flaky(), x, "gaussian", "forward", mu=0.1, queries=20, on_failure="drop",
                                       generator=torch.Generator().manual_seed(0), return_info=True)
     assert info.failed > 0 and info.queries == 20 - info.failed and torch.isfinite(g).all()
 
 
-def test_dap_without_guide_spends_a_counted_pilot():
+class FailsAlongFirstAxis:
+    """Linear c.x that fails (QueryError) wherever x_0 > b mu: failure depends on the direction."""
+
+    def __init__(self, b, mu):
+        self.limit = b * mu
+
+    def __call__(self, x):
+        if float(x[0]) > self.limit:
+            raise QueryError("diverged")
+        return float(C @ x)
+
+
+def test_resampling_biases_towards_directions_that_succeed_as_documented():
+    """Resampled estimates have mean E[v v^T | success] c. Gaussian v failing when v_0 > b:
+    E[v_0^2 | v_0 <= b] = 1 - b phi(b) / Phi(b), so E[g_0] = 0.745 c_0 at b = 0.5, others unbiased."""
+    b, mu, trials = 0.5, 0.1, 60
+    phi = math.exp(-b * b / 2) / math.sqrt(2 * math.pi)
+    Phi = 0.5 * (1 + math.erf(b / math.sqrt(2)))
+    shrink = 1 - b * phi / Phi
+    gen = torch.Generator().manual_seed(3)
+    x = torch.zeros(D, dtype=torch.float64)
+    est = torch.stack([zosci.estimate_gradient(FailsAlongFirstAxis(b, mu), x, "gaussian", "forward", mu=mu,
+                                               queries=200, generator=gen) for _ in range(trials)])
+    mean, se = est.mean(0), est.std(0) / math.sqrt(trials)
+    assert abs(float(mean[0]) - shrink * float(C[0])) < 4 * float(se[0])       # the predicted bias ...
+    assert abs(float(mean[0]) - float(C[0])) > 10 * float(se[0])              # ... is real and measurable
+    assert torch.all((mean[1:] - C[1:]).abs() < 4.5 * se[1:])                 # other axes unbiased
+
+
+class FailsOnCoordinate:
+    def __init__(self, j):
+        self.j = j
+
+    def __call__(self, x):
+        if float(x[self.j]) != 0.0:
+            raise QueryError("coordinate %d breaks the solver" % self.j)
+        return float(C @ x)
+
+
+@pytest.mark.parametrize("queries", [D, 4])
+def test_coordinate_failures_keep_the_cycle_intact(queries):
+    """A failed coordinate is replaced by an unused one of the same cycle, never by a repeat;
+    at q = d none is left, and the estimate averages the d - 1 kept (documented rule)."""
+    x = torch.zeros(D, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    j = None
+    for _ in range(20):  # find a seed whose first queries hit coordinate 2 when q < d
+        g, info = zosci.estimate_gradient(FailsOnCoordinate(2), x, "coordinate", "forward", mu=1e-3,
+                                          queries=queries, generator=gen, return_info=True)
+        if info.failed:
+            j = 2
+            break
+    assert j == 2
+    used = [int(q.direction.flat().nonzero()) for q in info.kept]
+    assert len(used) == len(set(used)) and 2 not in used and info.failed == 1
+    if queries == D:
+        assert info.resampled == 0 and len(used) == D - 1
+        expected = C * D / (D - 1)
+        expected[2] = 0.0
+        assert torch.allclose(g, expected, atol=1e-9)
+    else:
+        assert info.resampled == 1 and len(used) == queries
+
+
+def test_dap_without_guide_draws_sphere_directions_and_evaluates_f_once():
     x = torch.ones(5, dtype=torch.float64)
-    _, info = zosci.estimate_gradient(quartic_6, x, "dap", "forward", queries=4, return_info=True,
-                                      generator=torch.Generator().manual_seed(0))
-    assert info.evaluations == (1 + 1) + (1 + 4)
+    f = Counted(quartic_6)
+    dap, info = zosci.estimate_gradient(f, x, "dap", "forward", queries=4, return_info=True,
+                                        generator=torch.Generator().manual_seed(0))
+    sphere = zosci.estimate_gradient(quartic_6, x, "sphere", "forward", queries=4,
+                                     generator=torch.Generator().manual_seed(0))
+    assert info.evaluations == f.calls == 1 + 4 and torch.equal(dap, sphere)
+
+
+def test_dap_guide_is_the_moving_average_of_earlier_estimates():
+    """A Guide carried across calls holds the EMA of the frame estimates and steers DAP."""
+    from zosci.guide import Guide
+    x = torch.zeros(D, dtype=torch.float64)
+    guide, gen, ema = Guide(beta=0.5), torch.Generator().manual_seed(1), None
+    for _ in range(30):
+        g = zosci.estimate_gradient(linear, x, "dap", "forward", mu=1e-2, queries=4, guide=guide, generator=gen)
+        ema = g.clone() if ema is None else 0.5 * ema + 0.5 * g
+    assert torch.allclose(guide.value()[0], ema, rtol=1e-12, atol=1e-12)
+    cos = float(guide.value()[0] @ C / (guide.value()[0].norm() * C.norm()))
+    # an EMA of ~3 effective estimates of 4 queries each: E cos^2 ~ 1 / (1 + (d - 1) / 12)
+    assert cos > 0.5
 
 
 def test_bad_arguments_name_the_field():

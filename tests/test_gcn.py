@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from zosci.cli import main
-from zosci.dataset import generate, grid
-from zosci.gcn import CFDGCN, Upsampler, node_features
+from zosci.cfd.dataset import generate, grid
+from zosci.cfd.gcn import CFDGCN, Upsampler, node_features
 from zosci.runs import KILL_ENV
 from zosci.solvers import PotentialFlow, mesh_to_graph, naca_mesh
 
@@ -92,7 +92,7 @@ def test_failed_conditions_are_skipped_and_recorded(tmp_path, meshes):
 
 
 def tiny_config(tmp_path, **over):
-    from zosci.cases.cfd_gcn import SCHEMA
+    from zosci.cfd.gcn_case import SCHEMA
 
     raw = {"kind": "cfd_gcn", "name": "t", "mesh": {"source": "naca"},
            "data": {"n_aoa": 3, "n_mach": 2, "cache_dir": str(tmp_path / "cache"), "test_fraction": 0.34},
@@ -103,7 +103,7 @@ def tiny_config(tmp_path, **over):
 
 
 def test_zo_training_moves_coarse_mesh_and_reduces_loss(tmp_path):
-    from zosci.cases.cfd_gcn import Problem, Trainer
+    from zosci.cfd.gcn_case import Problem, Trainer
 
     cfg = tiny_config(tmp_path)
     prob = Problem(cfg, progress=False)

@@ -22,9 +22,12 @@ p2       D_N + F(N) Delta_N / p_N                       2 per query + f(x) once
 p1       fair coin: 2 D_N, or 2 F(N) Delta_N / p_N      1 or 2 per query + f(x)
 ======== ============================================== ===========================
 
-All four telescope grad^T v = lim D_n and keep one random term, so
-E[delta | v] = grad^T v for any smooth f and any mu, where forward and central
-carry an O(mu) / O(mu^2) bias. p4/p3 start the series at the largest step
+All four telescope the series D_1 + sum_n Delta_n = lim D_n = grad^T v and keep
+one random term. The series is cut after K levels (zosci.sequences: mu_{K+1} is
+about 1e-4 mu), so exactly E[delta | v] = D_{K+1}, the forward difference at
+step mu_{K+1}: the bias is that of a forward difference at 1e-4 mu, whatever mu
+(O(mu_{K+1}) against forward's O(mu) and central's O(mu^2)); it vanishes only
+as the cut goes to zero, where round-off takes over. p4/p3 start the series at the largest step
 (grad^T v = D_1 + sum_n Delta_n); p2/p1 start it at the sampled level,
 grad^T v = E[D_N] + sum_n F(n) Delta_n (summation by parts), which saves the
 point at mu_1. The coin halves the points per query at the price of variance.

@@ -5,10 +5,11 @@ import torch
 
 from .errors import ConfigError
 from .estimators import get_estimator
+from .guide import Guide
 from .manifolds import get_manifold
 from .parallel import evaluate
 from .queries import Info, QueryDrawer, run_queries
-from .samplers import get_sampler
+from .samplers import get_sampler, weighted_sum_tensors
 
 
 class _Point:
@@ -35,26 +36,28 @@ def draw_seed(generator: torch.Generator | None) -> int:
 
 
 def estimate_gradient(f, x: torch.Tensor, sampler="gaussian", estimator="forward", mu: float = 1e-3,
-                      queries: int = 16, guide: torch.Tensor | None = None,
+                      queries: int = 16, guide: torch.Tensor | Guide | None = None,
                       generator: torch.Generator | None = None, executor=None,
                       sequence: str = "geometric", manifold="euclidean", on_failure: str = "resample",
-                      pilot_queries: int = 1, return_info: bool = False):
+                      return_info: bool = False):
     """Zeroth-order estimate of grad f(x): g = mean_k delta_k v_k.
 
     f maps a 1-D float tensor to a scalar; x is 1-D. ``queries`` directions are
     drawn by ``sampler`` and differenced by ``estimator`` with step ``mu``
     (see zosci.samplers and zosci.estimators for the formulas and the
-    evaluations each spends). ``generator`` makes the result bit-for-bit
-    reproducible; ``executor`` evaluates the queries as one batch.
+    evaluations each spends); f(x) is evaluated once, when the estimator uses
+    it. ``generator`` makes the result bit-for-bit reproducible; ``executor``
+    evaluates the queries as one batch.
 
-    DAP without a ``guide`` first spends a pilot: a forward-difference Gaussian
-    estimate from ``pilot_queries`` directions (1 + pilot_queries
-    evaluations, counted in info.evaluations), used as the guide.
+    DAP's guide: a tensor (fixed), or a zosci.guide.Guide carried across calls
+    (the moving average of earlier estimates; this estimate is folded into it).
+    Without one, DAP draws sphere directions (zosci.samplers).
 
     With ``manifold="orthant"`` (x > 0), directions are taken in the
     orthonormal frame of the metric <u, w>_x = sum u_i w_i / x_i^2 and points
     are Exp_x(t x v) = x exp(t v); the result is the Riemannian gradient
-    x^2 * grad f (see zosci.orthant).
+    x^2 * grad f (see zosci.orthant). A guide is then in frame coordinates
+    (grad f scaled by x), which is what a Guide holds.
 
     Returns g (shape and dtype of x), or (g, info) with ``return_info=True``;
     info.evaluations counts the calls of f actually made.
@@ -67,25 +70,21 @@ def estimate_gradient(f, x: torch.Tensor, sampler="gaussian", estimator="forward
     manifold = get_manifold(manifold)
     manifold.check(x)
     x = x.detach()
-    spent = 0
-    if sampler.needs_guide and guide is None:
-        guide, pilot = estimate_gradient(f, x, "gaussian", "forward", mu, pilot_queries, None, generator,
-                                         executor, sequence, manifold, on_failure, return_info=True)
-        guide = guide if manifold.name == "euclidean" else guide / x  # back to frame coordinates
-        spent = pilot.evaluations
-    seed = draw_seed(generator)
-    drawer = QueryDrawer(sampler, estimator, seed, [x], None if guide is None else [guide.detach()], queries)
+    source = guide if isinstance(guide, Guide) else None
+    a = source.value([x]) if source is not None else (None if guide is None else [guide.detach()])
+    drawer = QueryDrawer(sampler, estimator, draw_seed(generator), [x], a, queries)
     point = _Point(f)
 
     def batch(jobs):
-        return evaluate(point, [manifold.move(x, q.direction.part(0), t) for q, t in jobs], executor)
+        return evaluate(point, [manifold.move(x, q.direction.part(0), t) for _, q, t in jobs], executor)
 
-    info = run_queries(drawer, batch, lambda: _scalar(f(x.clone())), queries, on_failure)
-    info.evaluations += spent
-    g = torch.zeros_like(x, dtype=torch.float64)
-    for q in info.kept:
-        g += q.delta * q.direction.part(0).double()
-    g = manifold.to_tangent(x, (g / len(info.kept)).to(x.dtype))
+    base = _scalar(f(x.clone())) if estimator.uses_base else None
+    (info,) = run_queries([drawer], batch, [base], on_failure)
+    info.evaluations += estimator.uses_base
+    (frame,) = weighted_sum_tensors([q.direction for q in info.kept], [q.delta / len(info.kept) for q in info.kept])
+    if source is not None:
+        source.update([frame])
+    g = manifold.to_tangent(x, frame)
     return (g, info) if return_info else g
 
 

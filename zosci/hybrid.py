@@ -1,152 +1,263 @@
 """The hybrid chain rule: autograd through everything, ZO through the black box.
 
 d f(g(x))/dx = (df/dg) est(dg/dx). ``BlackBox(fn)`` wraps a black box
-y = fn(x) (numpy or torch in and out, any shapes) as a torch op. Its backward
+y = fn(x) (numpy or torch in and out, any shapes) as a torch op whose backward
 estimates the vector-Jacobian product from directional derivatives:
 
-    J v_k ~ sum_j w_j fn(x + t_j v_k)        (one stencil per query, y = fn(x) reused)
-    ybar^T J ~ mean_k (ybar . J v_k) v_k
+    J v_k ~ delta_k = sum_j w_j fn(x + t_j v_k)    (one stencil per query, fn(x) reused)
+    ybar^T J ~ mean_k (ybar . delta_k) v_k
 
-The pairs (v_k, J v_k) of a forward are kept: any number of upstream
-cotangents (several losses, retain_graph, Jacobian rows) contract with them
-without a new query. The queries of one backward run as one batch through the
-executor. Failed queries (QueryError, e.g. SolverError) are resampled or
-dropped with the estimate reweighted (zosci.queries), counted and logged.
+The pairs (v_k, delta_k) of a forward are drawn at its first backward and kept:
+any number of upstream cotangents (several losses, retain_graph, Jacobian rows)
+contract with them without a new query. The estimate is unbiased up to the
+estimator's finite-difference bias (zosci.estimators) and failures (below).
 
-DAP's guide: an exponential moving average (``guide_momentum``, default 0.9)
-of this op's previous VJP estimates for inputs of the same shape: training
-moves x slowly, so the last estimates are the best gradient information at
-hand. The first backward, which has none, samples Gaussian directions.
+* ``batched=True``: dim 0 of x indexes independent problems and fn takes one
+  row. Each row gets its own directions and DAP guide; the queries of all rows
+  go to the executor as one batch (the forward's rows too). A row whose forward
+  fails raises its QueryError, whose ``rows`` lists every failed row.
+* ``jacobian_model``: a control variate. model(x, v) returns J_model v, a cheap
+  torch approximation of J, linear in v (one row's shapes when batched). ZO
+  then estimates only (J - J_model) v and J_model^T ybar is added exactly
+  (autograd through the model):
+
+      ybar^T J ~ ybar^T J_model + mean_k (ybar . (delta_k - J_model v_k)) v_k,
+
+  unbiased for any model, with less variance the closer J_model is to J.
+* Extra arguments ``box(x, *args)`` are passed to fn unchanged (row by row when
+  batched) and are not differentiated: flow conditions, say.
+* DAP's guide is zosci.guide's moving average of each row's earlier VJP
+  estimates; ``keys`` name the rows' problems when batches are reshuffled.
+* Failed queries (QueryError, e.g. SolverError) are resampled and counted per
+  backward (``box.last.failed``); see zosci.queries for what that does to the
+  expectation. A failure of the forward itself raises.
+
+The op is sound under autograd's rules: x and fn(x) are copied (in-place changes
+of the input or the output cannot reach the estimate), the output and gradient
+have the input's device and dtype, and differentiating the gradient again
+(create_graph=True, then backward) raises instead of giving a silent zero.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
+from .errors import QueryError
 from .estimators import get_estimator
 from .gradient import draw_seed
+from .guide import Guide
 from .parallel import evaluate
 from .queries import QueryDrawer, run_queries
-from .samplers import get_sampler
+from .samplers import get_sampler, weighted_sum_tensors
 
 
 def _as_tensor(y, dtype=torch.float64) -> torch.Tensor:
     if isinstance(y, torch.Tensor):
-        return y.detach().to(dtype)
+        return y.detach().to("cpu", dtype)
     return torch.as_tensor(np.asarray(y), dtype=dtype)
 
 
 class _Call:
-    """fn on a torch point, returned as float64 tensor (picklable for executors)."""
+    """fn(x, *args) on a CPU float64 point, as a float64 tensor (picklable for executors)."""
 
     def __init__(self, fn, numpy_io: bool):
         self.fn, self.numpy_io = fn, numpy_io
 
-    def __call__(self, x: torch.Tensor):
-        return _as_tensor(self.fn(x.numpy() if self.numpy_io else x))
+    def __call__(self, job):
+        x, args = job
+        return _as_tensor(self.fn(x.numpy() if self.numpy_io else x, *args))
 
 
 class JVPCache:
-    """The (v_k, J v_k) pairs of one forward, drawn at the first backward."""
+    """One forward: its rows, outputs, and the (v_k, delta_k) pairs drawn at the first backward."""
 
-    def __init__(self, box: "BlackBox", x: torch.Tensor, y: torch.Tensor):
-        self.box, self.x, self.y = box, x, y
-        self.directions = None  # list of tensors shaped like x
-        self.jvps = None        # list of tensors shaped like y
-        self.info = None
+    def __init__(self, box: "BlackBox", rows: torch.Tensor, ys: list, args: list, keys: list):
+        self.box, self.rows, self.ys, self.args, self.keys = box, rows, ys, args, keys
+        self.directions = None  # per row: list of v_k (row-shaped)
+        self.residuals = None   # per row: list of delta_k - J_model v_k (output-shaped)
+        self.infos = None       # per row: zosci.queries.Info
+
+    @property
+    def evaluations(self) -> int:
+        """Calls of fn spent by this forward's backward (0 before it)."""
+        return sum(i.evaluations for i in self.infos) if self.infos else 0
+
+    @property
+    def failed(self) -> int:
+        return sum(i.failed for i in self.infos) if self.infos else 0
 
     def compute(self):
-        if self.jvps is None:
-            self.directions, self.jvps, self.info = self.box._query(self.x, self.y)
+        if self.infos is None:
+            self.box._query(self)
         return self
 
     def vjp(self, cotangent: torch.Tensor) -> torch.Tensor:
-        """ybar^T J ~ mean_k (ybar . J v_k) v_k."""
+        """ybar^T J (rows stacked when batched), float64 on the CPU."""
         self.compute()
-        ybar = cotangent.detach().to(torch.float64).reshape(-1)
-        g = torch.zeros(self.x.shape, dtype=torch.float64)
-        for v, jv in zip(self.directions, self.jvps):
-            g += float(ybar @ jv.reshape(-1)) * v.double()
-        return g / len(self.jvps)
+        ybar = cotangent.detach().to("cpu", torch.float64).reshape(len(self.rows), -1)
+        model = self.box.jacobian_model
+        out = []
+        for b, (row, vs, rs) in enumerate(zip(self.rows, self.directions, self.residuals)):
+            weights = [float(ybar[b] @ r.reshape(-1)) / len(rs) for r in rs]
+            (g,) = weighted_sum_tensors(vs, weights)
+            if model is not None:
+                g = g + _model_vjp(model, row, ybar[b])
+            out.append(g)
+        return torch.stack(out)
+
+
+def _model_vjp(model, row: torch.Tensor, ybar: torch.Tensor) -> torch.Tensor:
+    """J_model^T ybar by autograd through v -> model(x, v) (linear in v)."""
+    with torch.enable_grad():
+        v = torch.zeros_like(row, requires_grad=True)
+        jv = model(row, v)
+        (g,) = torch.autograd.grad(jv, v, ybar.reshape(jv.shape).to(jv.dtype), allow_unused=True)
+    return torch.zeros_like(row) if g is None else g.to(row.dtype)
+
+
+class _NoSecondOrder(torch.autograd.Function):
+    """Identity on a VJP estimate whose own backward raises: create_graph=True through a
+    black box gives a gradient that errors when differentiated, never a silent zero."""
+
+    @staticmethod
+    def forward(ctx, g, anchor):
+        return g.clone()
+
+    @staticmethod
+    def backward(ctx, _):
+        raise RuntimeError("BlackBox: second derivatives through a black box are not estimated; "
+                           "the gradient of its VJP (create_graph=True, then backward) does not exist here. "
+                           "Differentiate the black box once, or estimate its Hessian-vector products yourself")
 
 
 class _BlackBoxFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, box):
-        xd = x.detach().cpu()
-        y = box._call(xd)
-        cache = JVPCache(box, xd, y)
-        box.last = cache
-        ctx.cache = cache
-        return y.to(x.dtype)
+    def forward(ctx, x, box, keys, *args):
+        rows = x.detach().to("cpu", torch.float64, copy=True)  # our own copy of the point
+        if not box.batched:
+            rows, args = rows[None], [args]
+        else:
+            args = [tuple(a[b] for a in args) for b in range(len(rows))]
+        ys = box._evaluate([(row, a) for row, a in zip(rows, args)])
+        cache = JVPCache(box, rows, ys, args, keys)
+        box.last = ctx.cache = cache
+        y = torch.stack(ys) if box.batched else ys[0]
+        return y.to(device=x.device, dtype=x.dtype, copy=True)  # never the cached base
 
     @staticmethod
     def backward(ctx, ybar):
         cache = ctx.cache
-        g = cache.vjp(ybar)
-        cache.box._remember(g)
-        return g.to(ybar.dtype), None
+        with torch.no_grad():
+            g = cache.vjp(ybar)
+        cache.box._remember(cache, g)
+        g = (g if cache.box.batched else g[0]).to(device=ybar.device, dtype=ybar.dtype)
+        if torch.is_grad_enabled():  # create_graph=True
+            g = _NoSecondOrder.apply(g, torch.ones((), requires_grad=True))
+        return (g, None, None) + (None,) * len(cache.args[0])
 
 
 class BlackBox(torch.nn.Module):
-    """y = fn(x) as a differentiable op whose backward is a zeroth-order VJP."""
+    """y = fn(x) as a differentiable op whose backward is a zeroth-order VJP (module docstring)."""
 
     def __init__(self, fn, sampler="gaussian", estimator="forward", queries: int = 8, mu: float = 1e-3,
-                 executor=None, sequence: str = "geometric", on_failure: str = "resample",
-                 guide_momentum: float = 0.9, numpy_io: bool | None = None, seed: int | None = None):
+                 executor=None, sequence: str = "geometric", on_failure: str = "resample", batched: bool = False,
+                 jacobian_model=None, guide_beta: float = 0.9, numpy_io: bool | None = None,
+                 seed: int | None = None):
         super().__init__()
         if not (isinstance(queries, int) and queries >= 1):
             raise ValueError(f"queries: must be a positive integer, got {queries!r}")
+        if jacobian_model is not None and not callable(jacobian_model):
+            raise ValueError("jacobian_model: must be a callable model(x, v) -> J_model v, or None")
         self.fn = fn
         self.sampler, self.estimator = get_sampler(sampler), get_estimator(estimator, mu=mu, sequence=sequence)
         self.queries, self.executor, self.on_failure = queries, executor, on_failure
-        self.guide_momentum = guide_momentum
+        self.batched, self.jacobian_model = batched, jacobian_model
+        self.guide_beta = guide_beta
+        Guide(guide_beta)  # validates guide_beta
+        self.guides: dict = {}  # row key -> Guide (DAP only)
         self.numpy_io = numpy_io
         self.generator = torch.Generator().manual_seed(0 if seed is None else seed)
-        self.guide = None
         self.last: JVPCache | None = None
         self.evaluations = 0  # calls of fn by backward passes, all time
         self.failed = 0
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _BlackBoxFunction.apply(x, self)
+    def forward(self, x: torch.Tensor, *args, keys=None) -> torch.Tensor:
+        """fn(x, *args); batched: fn(x[b], *(a[b] for a in args)) stacked. keys: one per row."""
+        if not x.is_floating_point():
+            raise TypeError(f"x: BlackBox needs a floating-point input, got {x.dtype}")
+        if any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
+            raise ValueError("args: BlackBox does not differentiate its extra arguments; pass them detached "
+                             "(or make them part of x)")
+        n = len(x) if self.batched else 1
+        if self.batched and (x.dim() < 1 or any(len(a) != n for a in args)):
+            raise ValueError(f"x: batched=True needs dim 0 of x and of every extra argument to index the rows "
+                             f"(x has shape {tuple(x.shape)})")
+        keys = list(range(n)) if keys is None else list(keys)
+        if len(keys) != n:
+            raise ValueError(f"keys: need one per row ({n}), got {len(keys)}")
+        return _BlackBoxFunction.apply(x, self, keys, *args)
 
-    # internals ---------------------------------------------------------------
-    def _caller(self):
-        return _Call(self.fn, bool(self.numpy_io))
+    # checkpoints: nn.Module's extra state ----------------------------------
+    def get_extra_state(self):
+        return {"generator": self.generator.get_state(), "evaluations": self.evaluations, "failed": self.failed,
+                "guides": {k: g.state_dict() for k, g in self.guides.items()}}
 
-    def _call(self, x: torch.Tensor) -> torch.Tensor:
+    def set_extra_state(self, state):
+        self.generator.set_state(state["generator"])
+        self.evaluations, self.failed = state["evaluations"], state["failed"]
+        self.guides = {}
+        for k, s in state["guides"].items():
+            self.guides[k] = Guide(self.guide_beta)
+            self.guides[k].load_state_dict(s)
+
+    # internals -------------------------------------------------------------
+    def _evaluate(self, jobs) -> list[torch.Tensor]:
+        """fn at each (point, args), through the executor. A failure of the forward raises its
+        QueryError, with ``rows`` = the indices of every row that failed."""
+        first = []
         if self.numpy_io is None:  # first call: torch in if fn takes it, else numpy
             try:
-                y = _Call(self.fn, False)(x.clone())
+                first = [_Call(self.fn, False)(jobs[0])]
                 self.numpy_io = False
-                return y
             except (TypeError, AttributeError):
                 self.numpy_io = True
-        return self._caller()(x.clone())
+        out = first + evaluate(_Call(self.fn, self.numpy_io), jobs[len(first):], self.executor)
+        failed = [b for b, y in enumerate(out) if isinstance(y, QueryError)]
+        if failed:
+            err = out[failed[0]]
+            err.rows = failed
+            raise err
+        return out
 
-    def _query(self, x: torch.Tensor, y: torch.Tensor):
-        sampler, guide = self.sampler, None
-        if sampler.needs_guide:
-            if self.guide is not None and self.guide.shape == x.shape:
-                guide = [self.guide.to(x.dtype)]
-            else:
-                sampler = get_sampler("gaussian")
-        drawer = QueryDrawer(sampler, self.estimator, draw_seed(self.generator), [x], guide, self.queries)
-        call = self._caller()
+    def _query(self, cache: JVPCache) -> None:
+        drawers = []
+        for row, key in zip(cache.rows, cache.keys):
+            guide = self.guides.get(key) if self.sampler.needs_guide else None
+            drawers.append(QueryDrawer(self.sampler, self.estimator, draw_seed(self.generator), [row],
+                                       None if guide is None else guide.value([row]), self.queries))
+        call = _Call(self.fn, self.numpy_io)
 
         def batch(jobs):
-            return evaluate(call, [x + t * q.direction.part(0) for q, t in jobs], self.executor)
+            points = [(cache.rows[i] + t * q.direction.part(0), cache.args[i]) for i, q, t in jobs]
+            return evaluate(call, points, self.executor)
 
-        info = run_queries(drawer, batch, lambda: y.double(), self.queries, self.on_failure)
-        if self.estimator.uses_base:
-            info.evaluations -= 1  # y = fn(x) comes from the forward, not a new call
-        self.evaluations += info.evaluations
-        self.failed += info.failed
-        return [q.direction.part(0) for q in info.kept], [q.delta for q in info.kept], info
+        bases = [y if self.estimator.uses_base else None for y in cache.ys]
+        infos = run_queries(drawers, batch, bases, self.on_failure)
+        cache.directions = [[q.direction for q in info.kept] for info in infos]
+        cache.residuals = [[self._residual(row, q) for q in info.kept] for row, info in zip(cache.rows, infos)]
+        cache.infos = infos
+        self.evaluations += cache.evaluations
+        self.failed += cache.failed
 
-    def _remember(self, g: torch.Tensor) -> None:
-        if self.guide is None or self.guide.shape != g.shape:
-            self.guide = g.clone()
-        else:
-            self.guide.mul_(self.guide_momentum).add_(g, alpha=1 - self.guide_momentum)
+    def _residual(self, row: torch.Tensor, q) -> torch.Tensor:
+        """delta - J_model v: what ZO must estimate."""
+        if self.jacobian_model is None:
+            return q.delta
+        with torch.no_grad():
+            model_jv = self.jacobian_model(row, q.direction.part(0))
+        return q.delta - _as_tensor(model_jv).reshape(q.delta.shape)
+
+    def _remember(self, cache: JVPCache, g: torch.Tensor) -> None:
+        if self.sampler.needs_guide:
+            for key, gb in zip(cache.keys, g):
+                self.guides.setdefault(key, Guide(self.guide_beta)).update([gb])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from .gradient import estimate_gradient
+from .manifolds import PositiveOrthant
 
 
 def estimate_orthant_gradient(f, s: torch.Tensor, **kwargs):
@@ -18,8 +19,9 @@ def estimate_orthant_gradient(f, s: torch.Tensor, **kwargs):
 
 
 def exp_map(s: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Exp_s(w) = s * exp(w / s)."""
-    return s * torch.exp(w / s)
+    """Exp_s(w) = s * exp(w / s): the map the optimizers move by (zosci.manifolds.PositiveOrthant,
+    which keeps the result finite and > 0)."""
+    return PositiveOrthant.move(s, w / s, 1.0)
 
 
 def riemannian_step(s: torch.Tensor, grad: torch.Tensor, lr: float) -> torch.Tensor:

@@ -4,7 +4,8 @@
 tensor to x + t v (or s exp(t v)), then restores it bit for bit, without a copy:
 v is regenerated from its seed, the move is undone, and the few entries where
 floating-point round-off would not give x back (found while moving) are
-written back from a sparse record. Memory: a few chunk-sized temporaries
+written back from a sparse record. "Bit for bit" compares the bits, so a
+signed zero (-0.0 vs +0.0) or a NaN payload comes back too. Memory: a few chunk-sized temporaries
 (zosci.samplers.CHUNK elements), plus the sparse record.
 """
 from __future__ import annotations
@@ -14,6 +15,15 @@ from contextlib import contextmanager
 import torch
 
 from .manifolds import Euclidean
+
+
+_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _differs(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Elementwise: do a and b differ in any bit (unlike !=, which equates -0.0 and +0.0)."""
+    bits = _BITS[a.element_size()]
+    return a.view(bits) != b.view(bits)
 
 
 @contextmanager
@@ -34,7 +44,7 @@ def perturbed(params, direction, t: float, manifold=Euclidean):
                     orig = seg.clone()
                     manifolds[k].move_(seg, v, t)
                     moved.append((k, sl.start))
-                    bad = (manifolds[k].unmove_(seg.clone(), v, t) != orig).nonzero().view(-1)
+                    bad = _differs(manifolds[k].unmove_(seg.clone(), v, t), orig).nonzero().view(-1)
                     if bad.numel():
                         fixes.append((k, bad + sl.start, orig[bad]))
         yield

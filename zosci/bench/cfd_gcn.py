@@ -14,7 +14,7 @@ import copy
 import logging
 import time
 
-from ..cases.cfd_gcn import SCHEMA, Problem, Trainer
+from ..cfd.gcn_case import SCHEMA, Problem, Trainer
 
 METHODS = [("gcn", None), ("fixed", None), ("zo", "gaussian"), ("zo", "sphere"), ("zo", "dap")]
 

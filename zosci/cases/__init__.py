@@ -14,8 +14,9 @@ from ..errors import ConfigError
 KINDS: dict[str, str] = {
     "estimator_study": "zosci.cases.estimator_study",
     "llm_finetune": "zosci.llm.case",
-    "mesh_adaptation": "zosci.cases.mesh_adaptation",
-    "cfd_gcn": "zosci.cases.cfd_gcn",
+    "mesh_adaptation": "zosci.cfd.adaptation_case",
+    "cfd_gcn": "zosci.cfd.gcn_case",
+    "poisson_mesh": "zosci.cfd.poisson_case",
 }
 
 

@@ -21,17 +21,14 @@ class ZOAdam(ZOOptimizer):
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, sampler="gaussian",
                  estimator="forward", mu: float = 1e-3, queries: int = 1, sequence: str = "geometric",
                  manifold="euclidean", clip: float | None = None, on_failure: str = "resample",
-                 seed: int = 0):
+                 guide_beta: float = 0.9, seed: int = 0):
         if not lr >= 0:
             raise ValueError(f"lr: must be >= 0, got {lr}")
         if not all(0 <= b < 1 for b in betas):
             raise ValueError(f"betas: each must be in [0, 1), got {betas}")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, sampler=sampler, estimator=estimator,
                                       mu=mu, queries=queries, sequence=sequence, manifold=manifold, clip=clip,
-                                      on_failure=on_failure), seed)
-
-    def _guide(self, p):
-        return self.state[p].get("exp_avg")
+                                      on_failure=on_failure, guide_beta=guide_beta), seed)
 
     def _prepare(self, p, group):
         state = self.state[p]

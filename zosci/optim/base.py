@@ -11,10 +11,9 @@ is formed chunk by chunk (zosci.samplers.CHUNK elements) and handed to
 
 Sampler, estimator, mu, queries and sequence are shared by all parameter
 groups (one direction spans every parameter); lr, manifold and the method's
-hyperparameters may differ per group. DAP's guide is the optimizer's best
-gradient information: the momentum (ZOSGD with momentum), Adam's first moment,
-or the previous step's estimate; the first step, which has none, samples
-Gaussian directions.
+hyperparameters may differ per group. DAP's guide is zosci.guide's moving
+average of the previous steps' estimates (``guide_beta``), kept only when the
+sampler is DAP; the first step, which has none, draws sphere directions.
 """
 from __future__ import annotations
 
@@ -26,15 +25,17 @@ from ..estimators import get_estimator
 from ..manifolds import get_manifold
 from ..perturb import perturbed
 from ..queries import QueryDrawer, run_queries
-from ..samplers import _dot, get_sampler
+from ..guide import Guide
+from ..samplers import get_sampler, weighted_sum
 
-_SHARED = ("sampler", "estimator", "mu", "queries", "sequence", "clip", "on_failure")
+_SHARED = ("sampler", "estimator", "mu", "queries", "sequence", "clip", "on_failure", "guide_beta")
 
 
 class ZOOptimizer(Optimizer):
     def __init__(self, params, defaults: dict, seed: int = 0):
         defaults = dict(defaults)
         defaults.setdefault("manifold", "euclidean")
+        defaults.setdefault("guide_beta", 0.9)
         super().__init__(params, defaults)
         for group in self.param_groups:
             for key in _SHARED:
@@ -51,26 +52,28 @@ class ZOOptimizer(Optimizer):
         self.sampler = get_sampler(defaults["sampler"])
         self.estimator = get_estimator(defaults["estimator"], mu=defaults["mu"], sequence=defaults["sequence"])
         self.generator = torch.Generator().manual_seed(seed)
+        self.guide = Guide(defaults["guide_beta"]) if self.sampler.needs_guide else None
         self.last_info = None
 
     # state -----------------------------------------------------------------
     def state_dict(self):
         state = super().state_dict()
         state["zo_generator"] = self.generator.get_state()
+        if self.guide is not None:
+            state["zo_guide"] = self.guide.state_dict()
         return state
 
     def load_state_dict(self, state_dict):
         state_dict = dict(state_dict)
         rng = state_dict.pop("zo_generator", None)
+        guide = state_dict.pop("zo_guide", None)
         super().load_state_dict(state_dict)
         if rng is not None:
             self.generator.set_state(rng)
+        if guide is not None and self.guide is not None:
+            self.guide.load_state_dict(guide)
 
     # the method ------------------------------------------------------------
-    def _guide(self, p: torch.Tensor):
-        """The gradient information DAP aligns with, or None."""
-        return None
-
     def _prepare(self, p: torch.Tensor, group: dict) -> None:
         """Called once per parameter and step, before its chunks are updated."""
 
@@ -82,13 +85,8 @@ class ZOOptimizer(Optimizer):
         return [(p, group, get_manifold(group["manifold"])) for group in self.param_groups
                 for p in group["params"]]
 
-    def _sampler_and_guide(self, params):
-        guide = [self._guide(p) for p in params]
-        if not self.sampler.needs_guide:
-            return self.sampler, None
-        if any(a is None for a in guide) or _dot(guide, guide) == 0.0:
-            return get_sampler("gaussian"), None  # no gradient information yet
-        return self.sampler, guide
+    def _guide(self, params):
+        return None if self.guide is None else self.guide.value(params)
 
     @torch.no_grad()
     def step(self, closure):
@@ -102,14 +100,12 @@ class ZOOptimizer(Optimizer):
         entries = self._params()
         params = [p for p, _, _ in entries]
         manifolds = [m for _, _, m in entries]
-        sampler, guide = self._sampler_and_guide(params)
         seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
-        queries = self.defaults["queries"]
-        drawer = QueryDrawer(sampler, self.estimator, seed, params, guide, queries)
+        drawer = QueryDrawer(self.sampler, self.estimator, seed, params, self._guide(params), self.defaults["queries"])
 
         def evaluate_batch(jobs):
             out = []
-            for q, t in jobs:
+            for _, q, t in jobs:
                 with perturbed(params, q.direction, t, manifolds):
                     try:
                         out.append(float(closure()))
@@ -117,8 +113,9 @@ class ZOOptimizer(Optimizer):
                         out.append(err)
             return out
 
-        info = run_queries(drawer, evaluate_batch, lambda: float(closure()), queries,
-                           self.defaults["on_failure"])
+        base = float(closure()) if self.estimator.uses_base else None
+        (info,) = run_queries([drawer], evaluate_batch, [base], self.defaults["on_failure"])
+        info.evaluations += self.estimator.uses_base
         clip = self.defaults["clip"]
         if clip is not None:
             for q in info.kept:
@@ -137,14 +134,16 @@ class ZOOptimizer(Optimizer):
         seed, kept = record
         entries = self._params()
         params = [p for p, _, _ in entries]
-        sampler, guide = self._sampler_and_guide(params)
         count = self.defaults["queries"]
-        directions = [sampler.draw(seed, index, count, params, guide) for index, _ in kept]
+        directions = [self.sampler.draw(seed, index, count, params, self._guide(params)) for index, _ in kept]
+        weights = [delta / len(kept) for _, delta in kept]
+        if self.guide is not None:
+            self.guide.begin(params)
         for k, (p, group, manifold) in enumerate(entries):
             self._prepare(p, group)
-            for pieces in zip(*[d.chunks(k) for d in directions]):
-                sl = pieces[0][0]
-                g = torch.zeros(sl.stop - sl.start, dtype=p.dtype, device=p.device)
-                for (_, delta), (_, v) in zip(kept, pieces):
-                    g.add_(v, alpha=delta / len(kept))
+            for sl, g in weighted_sum(directions, weights, k):
+                if self.guide is not None:
+                    self.guide.update_chunk(k, sl, g)
                 self._update(p, sl, g, group, manifold)
+        if self.guide is not None:
+            self.guide.end()

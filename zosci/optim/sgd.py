@@ -20,26 +20,20 @@ class ZOSGD(ZOOptimizer):
     def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0, sampler="gaussian",
                  estimator="forward", mu: float = 1e-3, queries: int = 1, sequence: str = "geometric",
                  manifold="euclidean", clip: float | None = None, on_failure: str = "resample",
-                 seed: int = 0):
+                 guide_beta: float = 0.9, seed: int = 0):
         if not lr >= 0:
             raise ValueError(f"lr: must be >= 0, got {lr}")
         if not 0 <= momentum < 1:
             raise ValueError(f"momentum: must be in [0, 1), got {momentum}")
         super().__init__(params, dict(lr=lr, momentum=momentum, sampler=sampler, estimator=estimator, mu=mu,
                                       queries=queries, sequence=sequence, manifold=manifold, clip=clip,
-                                      on_failure=on_failure), seed)
-
-    def _guide(self, p):
-        state = self.state[p]
-        return state.get("momentum_buffer", state.get("previous_estimate"))
+                                      on_failure=on_failure, guide_beta=guide_beta), seed)
 
     def _prepare(self, p, group):
         state = self.state[p]
         if group["momentum"] and "momentum_buffer" not in state:
             state["momentum_buffer"] = torch.zeros_like(p)
             state["fresh"] = True
-        elif not group["momentum"] and self.sampler.needs_guide and "previous_estimate" not in state:
-            state["previous_estimate"] = torch.zeros_like(p)
 
     def _update(self, p, sl, g, group, manifold):
         state = self.state[p]
@@ -52,6 +46,4 @@ class ZOSGD(ZOOptimizer):
             if sl.stop == p.numel():
                 state.pop("fresh", None)
             g = buf
-        elif self.sampler.needs_guide:
-            state["previous_estimate"].view(-1)[sl].copy_(g)
         manifold.move_(p.view(-1)[sl], g, -group["lr"])

@@ -1,8 +1,9 @@
 """CFD-GCN case: a GCN on the fine mesh fed by a coarse-mesh solver whose node positions are learned by ZO.
 
 model.method: "gcn" (no solver input), "fixed" (coarse solution on the fixed coarse mesh,
-upsampled), "zo" (coarse node positions learnable; their gradient crosses the solver by
-zosci.BlackBox, one per training condition, and the interpolation by autograd).
+upsampled), "zo" (coarse node positions learnable; their gradient crosses the solver by one
+batched zosci.BlackBox, a row per condition of the mini-batch with its own directions and DAP
+guide, and the interpolation by autograd).
 Coarse positions: points + h * theta for interior nodes (boundary nodes fixed), h = zo.scale x
 the node's shortest edge; a theta step that leaves a cell below zo.min_area of its original
 area is halved (up to zo.max_halvings times, else skipped).
@@ -20,14 +21,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import Field, Schema
-from ..dataset import generate, grid
-from ..gcn import CFDGCN, Upsampler, node_features
-from ..hybrid import BlackBox
-from ..plots import line_plot
-from ..samplers import SAMPLERS
-from ..solvers import Mesh, PotentialFlow, SolverError, mesh_to_graph, naca_mesh
-from ..solvers.quality import signed_areas
+from zosci.config import Field, Schema
+from .dataset import generate, grid
+from .gcn import CFDGCN, Upsampler, node_features
+from zosci.hybrid import BlackBox
+from zosci.plots import line_plot
+from zosci.samplers import SAMPLERS
+from zosci.solvers import Mesh, PotentialFlow, SolverError, mesh_to_graph, naca_mesh
+from zosci.solvers.quality import signed_areas
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -94,14 +95,15 @@ def load_meshes(cfg):
 
 
 class CoarseSolve:
-    """theta (flat) -> coarse (u, v, Cp) at one condition: the black box of the hybrid op."""
+    """(theta (flat), (aoa, mach)) -> coarse (u, v, Cp): one row of the batched hybrid op."""
 
-    def __init__(self, solver, points, h, aoa, mach):
-        self.solver, self.points, self.h, self.aoa, self.mach = solver, points, h, aoa, mach
+    def __init__(self, solver, points, h):
+        self.solver, self.points, self.h = solver, points, h
 
-    def __call__(self, theta):
+    def __call__(self, theta, condition):
         coords = self.points + self.h[:, None] * np.asarray(theta, dtype=np.float64).reshape(-1, 2)
-        return self.solver.solve(aoa=self.aoa, mach=self.mach, coords=coords).fields[:, :3]
+        aoa, mach = (float(c) for c in condition)
+        return self.solver.solve(aoa=aoa, mach=mach, coords=coords).fields[:, :3]
 
 
 class Problem:
@@ -160,14 +162,13 @@ class Trainer:
         self.epoch, self.evaluations = 0, 0
         self.theta = torch.zeros(len(prob.coarse.points) * 2, dtype=torch.float64, requires_grad=True)
         self.theta_opt = torch.optim.Adam([self.theta], lr=z["lr"])
-        self.boxes = {}
+        # one batched op: row b of a mini-batch is theta at condition b, with its own directions and
+        # DAP guide (keyed by the condition's index)
+        self.box = None
         if self.method == "zo":
-            for i in prob.train:
-                a, mach = prob.conditions[i]
-                self.boxes[int(i)] = BlackBox(CoarseSolve(prob.solver, prob.coarse.points, prob.h, float(a), float(mach)),
-                                              sampler=sampler or z["sampler"], estimator=z["estimator"],
-                                              queries=z["queries"], mu=z["mu"], numpy_io=True,
-                                              seed=seed * 100_003 + int(i))
+            self.box = BlackBox(CoarseSolve(prob.solver, prob.coarse.points, prob.h), batched=True,
+                                sampler=sampler or z["sampler"], estimator=z["estimator"], queries=z["queries"],
+                                mu=z["mu"], numpy_io=True, seed=seed)
         self.zo_grad_norm = 0.0
 
     # ------------------------------------------------------------------ pieces
@@ -197,21 +198,14 @@ class Trainer:
         for s in range(0, len(order), bs):
             self.opt.zero_grad()
             self.theta_opt.zero_grad()
-            terms = []
-            for i in order[s:s + bs]:
-                i = int(i)
-                if self.method == "zo":
-                    theta_box = self.theta * 1.0
-                    theta_box.register_hook(self._record)
-                    try:
-                        y = self.boxes[i](theta_box).reshape(-1, 3)
-                    except SolverError:
-                        skipped += 1
-                        continue
-                    pred = self.predict(i, y, self.coords())
-                else:
-                    pred = self.predict(i)
-                terms.append(torch.mean((pred - self.p.targets[i]) ** 2))
+            batch = [int(i) for i in order[s:s + bs]]
+            fields = {}
+            if self.method == "zo":
+                fields, failed = self._coarse_fields(batch)
+                skipped += len(failed)
+                batch = [i for i in batch if i not in failed]
+            terms = [torch.mean((self.predict(i, fields.get(i), self.coords() if fields else None)
+                                 - self.p.targets[i]) ** 2) for i in batch]
             if not terms:
                 continue
             loss = torch.stack(terms).mean()
@@ -221,9 +215,26 @@ class Trainer:
                 self.theta_step()
             losses.append(float(loss.detach()))
         if self.method == "zo":
-            self.evaluations = sum(b.evaluations for b in self.boxes.values())
+            self.evaluations = self.box.evaluations
         self.epoch += 1
         return (float(np.mean(losses)) if losses else float("nan")), skipped
+
+    def _coarse_fields(self, batch):
+        """({condition: coarse fields (n, 3) through the batched op}, conditions whose solve failed)."""
+        failed = set()
+        while True:
+            rows = [i for i in batch if i not in failed]
+            if not rows:
+                return {}, failed
+            theta_box = self.theta * 1.0
+            theta_box.register_hook(self._record)
+            conditions = torch.as_tensor(self.p.conditions[rows], dtype=torch.float64)
+            try:
+                y = self.box(theta_box.expand(len(rows), -1), conditions, keys=rows)
+            except SolverError as err:
+                failed.update(rows[r] for r in getattr(err, "rows", range(len(rows))))
+                continue
+            return {i: y[b].reshape(-1, 3) for b, i in enumerate(rows)}, failed
 
     def theta_step(self):
         """Adam step on theta, halved until every cell keeps zo.min_area of its original area."""
@@ -270,8 +281,7 @@ class Trainer:
         return {"epoch": self.epoch, "model": self.model.state_dict(), "opt": self.opt.state_dict(),
                 "theta": self.theta.detach().clone(), "theta_opt": self.theta_opt.state_dict(),
                 "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state(), "evaluations": self.evaluations,
-                "boxes": {i: {"gen": b.generator.get_state(), "guide": b.guide, "evaluations": b.evaluations,
-                              "failed": b.failed} for i, b in self.boxes.items()}}
+                "box": None if self.box is None else self.box.state_dict()}
 
     def load_state_dict(self, s):
         self.epoch, self.evaluations = s["epoch"], s["evaluations"]
@@ -282,10 +292,8 @@ class Trainer:
         self.theta_opt.load_state_dict(s["theta_opt"])
         self.gen.set_state(s["gen"])
         torch.set_rng_state(s["torch_rng"])
-        for i, b in self.boxes.items():
-            bs = s["boxes"][i]
-            b.generator.set_state(bs["gen"])
-            b.guide, b.evaluations, b.failed = bs["guide"], bs["evaluations"], bs["failed"]
+        if self.box is not None:
+            self.box.load_state_dict(s["box"])
 
 
 def run(run):

@@ -1,7 +1,7 @@
 """Mesh adaptation: move a coarse NACA0012 mesh's interior nodes so its solution matches the fine one.
 
-theta (2K mode amplitudes, zosci.adapt.MeshModes) minimizes sum_c L_c(theta)
-(zosci.adapt.AdaptationLoss) with Adam; the gradient crosses the potential-flow
+theta (2K mode amplitudes, zosci.cfd.adapt.MeshModes) minimizes sum_c L_c(theta)
+(zosci.cfd.adapt.AdaptationLoss) with Adam; the gradient crosses the potential-flow
 solver through zosci.BlackBox (ZO) and everything else by autograd; each step
 is backtracked so every cell keeps >= min_area_ratio of its initial area.
 Fine-mesh fields are computed once and cached in <run>/fine_fields.npz.
@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..adapt import FIELD_NAMES, AdaptationLoss, MeshModes, adam_step, fine_targets
-from ..config import Field, Schema
-from ..errors import ConfigError
-from ..plots import line_plot
-from ..samplers import SAMPLERS
-from ..estimators import ESTIMATORS
+from .adapt import FIELD_NAMES, AdaptationLoss, MeshModes, adam_step, fine_targets
+from zosci.config import Field, Schema
+from zosci.errors import ConfigError
+from zosci.plots import line_plot
+from zosci.samplers import SAMPLERS
+from zosci.estimators import ESTIMATORS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -82,7 +82,7 @@ def check(config):
 
 
 def load_meshes(cfg):
-    from ..solvers import Mesh, naca_mesh
+    from zosci.solvers import Mesh, naca_mesh
 
     if cfg["source"] == "files":
         return Mesh.read(_path(cfg["coarse_file"])), Mesh.read(_path(cfg["fine_file"]))
@@ -97,7 +97,7 @@ def cached_targets(path: Path, fine, conditions, columns):
         data = np.load(path)
         if data["key"].shape == key.shape and np.array_equal(data["key"], key):
             return data["targets"]
-    from ..solvers import PotentialFlow
+    from zosci.solvers import PotentialFlow
 
     targets = fine_targets(PotentialFlow(fine), conditions, columns)
     np.savez(path, key=key, targets=targets)
@@ -105,7 +105,7 @@ def cached_targets(path: Path, fine, conditions, columns):
 
 
 def run(run):
-    from ..solvers import PotentialFlow, SolverPool
+    from zosci.solvers import PotentialFlow, SolverPool
 
     cfg, seed = run.config, run.config["seed"]
     ad, flow = cfg["adapt"], cfg["flow"]

@@ -30,7 +30,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .hybrid import BlackBox
+from zosci.hybrid import BlackBox
 
 
 # --------------------------------------------------------------- parametrization
@@ -115,7 +115,7 @@ class MeshModes:
         ntype = mesh.node_type()
         self.interior = np.flatnonzero(ntype == 0)
         if boundary == "slide":
-            from .solvers.mesh import airfoil_geometry
+            from zosci.solvers.mesh import airfoil_geometry
 
             te = airfoil_geometry(mesh)["te"]
             self.spline = _AirfoilSpline(self.points0, _boundary_loop(mesh, "airfoil", te))
@@ -175,7 +175,7 @@ class MeshModes:
 
     def min_angle(self, theta) -> float:
         """Smallest cell angle (degrees) at coords(theta)."""
-        from .solvers.quality import min_angles
+        from zosci.solvers.quality import min_angles
 
         return float(np.min(min_angles(self.coords_np(theta), self.mesh.triangles)))
 
@@ -272,13 +272,13 @@ class FieldFn:
     """
 
     def __init__(self, solver, aoa: float, mach: float, columns):
-        from .solvers.pool import solver_token
+        from zosci.solvers.pool import solver_token
 
         self.solver, self.aoa, self.mach, self.columns = solver, float(aoa), float(mach), list(columns)
         self.token = solver_token(solver)
 
     def __call__(self, coords):
-        from .solvers.pool import _solve_with
+        from zosci.solvers.pool import _solve_with
 
         coords = np.asarray(coords, dtype=np.float64)
         r = _solve_with(self.token, self.solver, {"aoa": self.aoa, "mach": self.mach, "coords": coords})
@@ -308,12 +308,15 @@ class AdaptationLoss:
 
     zo_space "theta": each box wraps theta -> fields(coords(theta)) (ZO in 2K dims);
     "coords": each box wraps coords -> fields (ZO in 2n dims) and autograd maps to theta.
-    solver_calls counts every solve: forwards plus the boxes' queries.
+    jacobian_model "node_carried": each box gets zosci.cfd.jacobian_models.NodeCarried as its control
+    variate, linearized at every forward. solver_calls counts every solve: forwards plus the boxes' queries.
     """
 
     def __init__(self, coarse_solver, modes: MeshModes, fine_points, targets, conditions, columns,
                  zo_space: str = "theta", sampler="gaussian", estimator="forward", queries: int = 8,
-                 mu: float = 1e-3, executor=None, seed: int = 0):
+                 mu: float = 1e-3, executor=None, seed: int = 0, jacobian_model: str = "none"):
+        if jacobian_model not in ("none", "node_carried"):
+            raise ValueError(f"jacobian_model: must be 'none' or 'node_carried', got {jacobian_model!r}")
         if zo_space not in ("theta", "coords"):
             raise ValueError(f"zo_space: must be 'theta' or 'coords', got {zo_space!r}")
         self.modes, self.zo_space = modes, zo_space
@@ -324,8 +327,15 @@ class AdaptationLoss:
         self.fns = [FieldFn(coarse_solver, a, m, columns) for a, m in self.conditions]
         if zo_space == "theta":
             self.fns = [ThetaFieldFn(f, modes) for f in self.fns]
+        self.models = [None] * len(self.fns)
+        if jacobian_model == "node_carried":  # control variate: nodal values carried with their nodes
+            from .jacobian_models import NodeCarried
+
+            to_coords = modes.coords if zo_space == "theta" else None
+            self.models = [NodeCarried(modes.mesh.triangles, to_coords) for _ in self.fns]
         self.boxes = [BlackBox(f, sampler=sampler, estimator=estimator, queries=queries, mu=mu, executor=executor,
-                               numpy_io=True, seed=seed * 1009 + i) for i, f in enumerate(self.fns)]
+                               numpy_io=True, seed=seed * 1009 + i, jacobian_model=m)
+                      for i, (f, m) in enumerate(zip(self.fns, self.models))]
         self.forward_calls = 0
 
     @property
@@ -337,8 +347,11 @@ class AdaptationLoss:
         coords = self.modes.coords(theta)
         nodes, lam = self.interp.weights(coords)
         out = []
-        for box, target in zip(self.boxes, self.targets):
-            fields = box(theta if self.zo_space == "theta" else coords)
+        for box, model, target in zip(self.boxes, self.models, self.targets):
+            x = theta if self.zo_space == "theta" else coords
+            fields = box(x)
+            if model is not None:
+                model.linearize(x.detach(), fields.detach())
             self.forward_calls += 1
             pred = (fields[nodes] * lam[..., None]).sum(dim=1)
             out.append((((pred - target) ** 2) / self.scale).mean())
@@ -350,15 +363,12 @@ class AdaptationLoss:
             return self(torch.as_tensor(np.asarray(theta), dtype=torch.float64)).numpy()
 
     def state_dict(self) -> dict:
-        return {"forward_calls": self.forward_calls,
-                "boxes": [{"generator": b.generator.get_state(), "guide": b.guide, "evaluations": b.evaluations,
-                           "failed": b.failed} for b in self.boxes]}
+        return {"forward_calls": self.forward_calls, "boxes": [b.state_dict() for b in self.boxes]}
 
     def load_state_dict(self, state: dict) -> None:
         self.forward_calls = state["forward_calls"]
         for b, s in zip(self.boxes, state["boxes"]):
-            b.generator.set_state(s["generator"])
-            b.guide, b.evaluations, b.failed = s["guide"], s["evaluations"], s["failed"]
+            b.load_state_dict(s)
 
 
 def adam_step(loss: AdaptationLoss, theta: torch.Tensor, opt, min_area_ratio: float = 0.2, min_angle: float = 0.0):

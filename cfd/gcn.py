@@ -5,7 +5,7 @@
     model = CFDGCN(in_features=node_features(...).shape[1] + k)
     pred = model(torch.cat([features, z], 1), edge_index)
 
-Barycentric: zosci.adapt.Interpolator, the one P1 interpolation of the project
+Barycentric: zosci.cfd.adapt.Interpolator, the one P1 interpolation of the project
 (mesh adaptation uses it too): each fine node takes the coarse triangle that
 contains it and its barycentric coordinates, so linear fields are reproduced
 exactly inside the coarse domain; a fine node outside it (on the curved airfoil
@@ -22,7 +22,7 @@ import torch
 
 
 class Upsampler:
-    """Coarse nodal values -> fine nodes: barycentric (zosci.adapt.Interpolator) or k-NN inverse distance."""
+    """Coarse nodal values -> fine nodes: barycentric (zosci.cfd.adapt.Interpolator) or k-NN inverse distance."""
 
     def __init__(self, fine_pos, coarse_triangles, method: str = "barycentric", k: int = 3):
         if method not in ("barycentric", "knn"):

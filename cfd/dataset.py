@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .solvers import SolverError, solve_batch
+from zosci.solvers import SolverError, solve_batch
 
 log = logging.getLogger(__name__)
 FIELDS = (0, 1, 2)  # u, v, Cp of the solver's (u, v, Cp, rho)
