@@ -1,13 +1,17 @@
 """Fine-mesh flow solutions over an (aoa, Mach) grid, generated once and cached on disk.
 
-    data = generate(solver, grid(9, 6), cache_dir)     # resumable; a second call does no solves
-    train, test = data.split("interpolation", seed=0)  # or "extrapolation" (held-out high Mach)
+    conditions = grid("generalization")                 # aoa -10..10 by 1 x the split's Mach numbers
+    data = generate(solver, conditions, cache_dir)      # resumable; solved conditions are never redone
+    train, test = data.split("generalization")          # index arrays, by Mach number
 
-Each condition is stored as soon as it is solved (cache_dir/<key>/NNNN.npz, or
-NNNN.failed with the SolverError text), so an interrupted generation continues
-where it stopped. The key hashes the mesh, the grid and the solver class.
-Failed conditions (e.g. transonic ones the potential solver rejects) are
-skipped, counted and logged; the rest is kept.
+The splits are those of CFD-GCN (Belbute-Peres et al., ICML 2020; their repository's
+NACA0012_interpolate and NACA0012_machsplit data): interpolation trains at Mach
+0.2, 0.3, 0.35, 0.4, 0.5, 0.55, 0.6, 0.7 and tests at 0.25, 0.45, 0.65; generalization trains
+at Mach 0.2-0.5 and tests at 0.55-0.8 (steps of 0.05), aoa -10..10 in 1-degree steps.
+Each condition is stored as soon as it is solved (cache_dir/<mesh and solver key>/aoa..._M....npz,
+or .failed with the SolverError text), so an interrupted generation continues where it stopped
+and any grid reuses the conditions already solved. Failed conditions (e.g. transonic ones the
+potential solver rejects) are listed in FlowDataset.failed and left out.
 """
 from __future__ import annotations
 
@@ -24,18 +28,40 @@ log = logging.getLogger(__name__)
 FIELDS = (0, 1, 2)  # u, v, Cp of the solver's (u, v, Cp, rho)
 
 
-def grid(n_aoa: int = 9, n_mach: int = 6, aoa=(-10.0, 10.0), mach=(0.2, 0.7)) -> np.ndarray:
-    """(n_aoa * n_mach, 2) conditions (aoa degrees, Mach) on a uniform grid, Mach-major."""
-    a, m = np.linspace(*aoa, n_aoa), np.linspace(*mach, n_mach)
-    return np.array([(x, y) for y in m for x in a], dtype=np.float64)
+SPLITS = {  # (train Mach numbers, test Mach numbers)
+    "interpolation": ((0.2, 0.3, 0.35, 0.4, 0.5, 0.55, 0.6, 0.7), (0.25, 0.45, 0.65)),
+    "generalization": ((0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5), (0.55, 0.6, 0.65, 0.7, 0.75, 0.8)),
+}
 
 
-def cache_key(mesh, conditions, solver) -> str:
+def split_machs(split: str, train=(), test=()) -> tuple[tuple, tuple]:
+    """(train, test) Mach numbers: the split's, or the given ones where not empty."""
+    if split not in SPLITS:
+        raise ValueError(f"split: must be one of {list(SPLITS)}, got {split!r}")
+    machs = (tuple(train) or SPLITS[split][0], tuple(test) or SPLITS[split][1])
+    if set(machs[0]) & set(machs[1]):
+        raise ValueError(f"train_mach and test_mach share {sorted(set(machs[0]) & set(machs[1]))}: "
+                         f"a condition cannot be both trained and tested")
+    return machs
+
+
+def grid(machs, aoa_step: float = 1.0, aoa=(-10.0, 10.0)) -> np.ndarray:
+    """(n, 2) conditions (aoa degrees, Mach): aoa from aoa[0] to aoa[1] by aoa_step, for each Mach, Mach-major."""
+    a = np.arange(aoa[0], aoa[1] + 1e-9, aoa_step)
+    return np.array([(x, m) for m in sorted(machs) for x in a], dtype=np.float64)
+
+
+def cache_key(mesh, solver) -> str:
+    """The folder of one mesh and solver class; files in it are named by condition."""
     h = hashlib.sha1()
-    for arr in (mesh.points, mesh.triangles, np.asarray(conditions, dtype=np.float64)):
+    for arr in (mesh.points, mesh.triangles):
         h.update(np.ascontiguousarray(arr).tobytes())
     h.update(type(solver).__name__.encode())
     return h.hexdigest()[:16]
+
+
+def _name(aoa: float, mach: float) -> str:
+    return f"aoa{aoa:+08.3f}_M{mach:.4f}"
 
 
 class FlowDataset:
@@ -47,21 +73,17 @@ class FlowDataset:
     def __len__(self):
         return len(self.conditions)
 
-    def split(self, kind: str, seed: int = 0, test_fraction: float = 0.25, mach_min: float = 0.6):
-        """(train, test) index arrays. interpolation: random held-out conditions;
-        extrapolation: test = Mach >= mach_min, train = the rest."""
-        n = len(self)
-        if kind == "interpolation":
-            perm = np.random.default_rng(seed).permutation(n)
-            k = max(1, int(round(test_fraction * n)))
-            return np.sort(perm[k:]), np.sort(perm[:k])
-        if kind == "extrapolation":
-            test = self.conditions[:, 1] >= mach_min - 1e-9
-            if test.all() or not test.any():
-                raise ValueError(f"split.mach_min={mach_min}: leaves an empty train or test set; "
-                                 f"pick a value inside the grid's Mach range")
-            return np.flatnonzero(~test), np.flatnonzero(test)
-        raise ValueError(f"split: must be 'interpolation' or 'extrapolation', got {kind!r}")
+    def split(self, train_mach, test_mach) -> tuple[np.ndarray, np.ndarray]:
+        """(train, test) index arrays: the conditions at the given Mach numbers."""
+        m = self.conditions[:, 1]
+
+        def at(machs):
+            return np.flatnonzero(np.isclose(m[:, None], np.asarray(machs, dtype=np.float64)[None]).any(1))
+        train, test = at(train_mach), at(test_mach)
+        if not len(train) or not len(test):
+            raise ValueError(f"split: no {'train' if not len(train) else 'test'} condition solved at Mach "
+                             f"{list(train_mach if not len(train) else test_mach)}")
+        return train, test
 
 
 def _save(path: Path, **arrays):
@@ -75,14 +97,14 @@ def generate(solver, conditions, cache_dir, executor=None, progress: bool = True
     from tqdm import tqdm
 
     conditions = np.asarray(conditions, dtype=np.float64)
-    folder = Path(cache_dir) / cache_key(solver.mesh, conditions, solver)
+    folder = Path(cache_dir) / cache_key(solver.mesh, solver)
     folder.mkdir(parents=True, exist_ok=True)
-    np.save(folder / "conditions.npy", conditions)
+    names = [_name(a, m) for a, m in conditions]
 
-    def done(i):
-        return (folder / f"{i:04d}.npz").exists() or (folder / f"{i:04d}.failed").exists()
+    def done(name):
+        return (folder / f"{name}.npz").exists() or (folder / f"{name}.failed").exists()
 
-    todo = [i for i in range(len(conditions)) if not done(i)]
+    todo = [i for i, name in enumerate(names) if not done(name)]
     if todo:
         bar = tqdm(total=len(conditions), initial=len(conditions) - len(todo), desc="fine-mesh solutions",
                    disable=not progress)
@@ -91,21 +113,22 @@ def generate(solver, conditions, cache_dir, executor=None, progress: bool = True
             kws = [dict(aoa=float(conditions[i, 0]), mach=float(conditions[i, 1])) for i in ids]
             for i, r in zip(ids, solve_batch(solver, kws, executor=executor, errors="return")):
                 if isinstance(r, SolverError):
-                    (folder / f"{i:04d}.failed").write_text(str(r))
+                    (folder / f"{names[i]}.failed").write_text(str(r))
                 else:
-                    _save(folder / f"{i:04d}.npz", fields=np.asarray(r.fields[:, FIELDS], dtype=np.float32))
+                    _save(folder / f"{names[i]}.npz", fields=np.asarray(r.fields[:, FIELDS], dtype=np.float32))
                 bar.update()
         bar.close()
     ok, fields, failed = [], [], []
-    for i, c in enumerate(conditions):
-        f = folder / f"{i:04d}.npz"
+    for i, (c, name) in enumerate(zip(conditions, names)):
+        f = folder / f"{name}.npz"
         if f.exists():
             ok.append(i)
             with np.load(f) as z:
                 fields.append(z["fields"])
         else:
-            failed.append((float(c[0]), float(c[1]), (folder / f"{i:04d}.failed").read_text()))
+            failed.append((float(c[0]), float(c[1]), (folder / f"{name}.failed").read_text()))
     if failed:
-        log.info("%d of %d conditions failed to solve and are skipped", len(failed), len(conditions))
+        log.info("%d of %d conditions failed to solve and are left out: %s", len(failed), len(conditions),
+                 ", ".join(f"(aoa {a:g}, M {m:g})" for a, m, _ in failed))
     n = len(solver.mesh.points)
     return FlowDataset(conditions[ok], np.stack(fields) if fields else np.zeros((0, n, 3), np.float32), failed)

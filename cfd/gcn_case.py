@@ -7,7 +7,9 @@ guide, and the interpolation by autograd).
 Coarse positions: points + h * theta for interior nodes (boundary nodes fixed), h = zo.scale x
 the node's shortest edge; a theta step that leaves a cell below zo.min_area of its original
 area is halved (up to zo.max_halvings times, else skipped).
-Conditions whose coarse solve fails on the initial coarse mesh are dropped for every method.
+Data: the paper's grid (aoa -10..10 by data.aoa_step) and Mach split (zosci.cfd.dataset.SPLITS),
+fine-mesh targets cached. Conditions whose fine solve, or coarse solve on the initial coarse mesh,
+fails are listed (Problem.failed) and left out for every method.
 metrics.csv per epoch: train_loss (mean batch MSE), test_loss (MSE over test nodes x fields),
 evaluations (cumulative coarse solves of the ZO backward passes), displacement (mean |coords
 move| of interior nodes, chords), skipped (train conditions whose coarse solve failed this
@@ -16,18 +18,21 @@ epoch), epoch_seconds.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from zosci.config import Field, Schema
-from .dataset import generate, grid
+from .dataset import SPLITS, generate, grid, split_machs
 from .gcn import CFDGCN, Upsampler, node_features
 from zosci.hybrid import BlackBox
 from zosci.plots import line_plot
 from zosci.samplers import SAMPLERS
 from zosci.solvers import Mesh, PotentialFlow, SolverError, mesh_to_graph, naca_mesh
+from zosci.solvers.pool import _solve_with, solver_token
 from zosci.solvers.quality import signed_areas
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,18 +43,17 @@ SCHEMA = Schema({
                         doc="cfdgcn: the CFD-GCN SU2 meshes in mesh_dir; naca: gmsh meshes from naca_mesh"),
         "mesh_dir": Field(str, "../shared/data/meshes", doc="cfdgcn: folder of NACA0012_*.su2 (relative: to the project root)"),
         "coarse": Field(str, "xcoarse", choices=["xcoarse", "coarse", "fine"], doc="cfdgcn: coarse (solver) mesh"),
-        "fine": Field(str, "coarse", choices=["xcoarse", "coarse", "fine"], doc="cfdgcn: fine (target) mesh"),
+        "fine": Field(str, "fine", choices=["xcoarse", "coarse", "fine"], doc="cfdgcn: fine (target) mesh"),
         "naca_coarse": Field(int, 10, min=8, doc="naca: nodes per side of the coarse mesh"),
         "naca_fine": Field(int, 24, min=8, doc="naca: nodes per side of the fine mesh"),
         "naca_radius": Field(float, 10.0, min=2, doc="naca: far-field radius, chords"),
     },
     "data": {
-        "n_aoa": Field(int, 9, min=1, doc="grid points in aoa over -10..10 degrees"),
-        "n_mach": Field(int, 6, min=1, doc="grid points in Mach over 0.2..0.7"),
-        "split": Field(str, "interpolation", choices=["interpolation", "extrapolation"]),
-        "test_fraction": Field(float, 0.25, min=0, max=1, min_exclusive=True, max_exclusive=True,
-                               doc="interpolation: share of conditions held out"),
-        "mach_min": Field(float, 0.6, doc="extrapolation: test conditions have Mach >= mach_min"),
+        "split": Field(str, "interpolation", choices=sorted(SPLITS),
+                       doc="the CFD-GCN paper's Mach split (zosci.cfd.dataset.SPLITS)"),
+        "aoa_step": Field(float, 1.0, min=0, min_exclusive=True, doc="aoa -10..10 degrees in this step"),
+        "train_mach": Field(list, [], item=float, doc="train Mach numbers (empty: the split's)"),
+        "test_mach": Field(list, [], item=float, doc="test Mach numbers (empty: the split's)"),
         "cache_dir": Field(str, "runs/cfd_gcn_cache", doc="fine-solution cache (relative: to the working directory)"),
     },
     "model": {
@@ -74,6 +78,7 @@ SCHEMA = Schema({
         "min_area": Field(float, 0.2, min=0, max=1, max_exclusive=True,
                           doc="a theta step may not shrink a cell below this share of its original area"),
         "max_halvings": Field(int, 6, min=0),
+        "workers": Field(int, 1, min=1, doc="processes for the ZO queries of a mini-batch (1: in this process)"),
     },
 })
 
@@ -95,15 +100,17 @@ def load_meshes(cfg):
 
 
 class CoarseSolve:
-    """(theta (flat), (aoa, mach)) -> coarse (u, v, Cp): one row of the batched hybrid op."""
+    """(theta (flat), (aoa, mach)) -> coarse (u, v, Cp): one row of the batched hybrid op
+    (picklable: a worker builds the solver once per token)."""
 
     def __init__(self, solver, points, h):
         self.solver, self.points, self.h = solver, points, h
+        self.token = solver_token(solver)
 
     def __call__(self, theta, condition):
         coords = self.points + self.h[:, None] * np.asarray(theta, dtype=np.float64).reshape(-1, 2)
         aoa, mach = (float(c) for c in condition)
-        return self.solver.solve(aoa=aoa, mach=mach, coords=coords).fields[:, :3]
+        return _solve_with(self.token, self.solver, {"aoa": aoa, "mach": mach, "coords": coords}).fields[:, :3]
 
 
 class Problem:
@@ -114,23 +121,25 @@ class Problem:
         self.coarse, self.fine = load_meshes(cfg["mesh"])
         self.solver = PotentialFlow(self.coarse)
         d = cfg["data"]
-        data = generate(PotentialFlow(self.fine), grid(d["n_aoa"], d["n_mach"]), d["cache_dir"], progress=progress)
-        say("fine data: %d of %d conditions solved (%d failed, skipped)", len(data), len(data) + len(data.failed),
-            len(data.failed))
+        self.machs = split_machs(d["split"], d["train_mach"], d["test_mach"])
+        data = generate(PotentialFlow(self.fine), grid(self.machs[0] + self.machs[1], d["aoa_step"]), d["cache_dir"],
+                        progress=progress)
+        say("fine data: %d of %d conditions solved (%d failed, left out for every method)", len(data),
+            len(data) + len(data.failed), len(data.failed))
+        self.failed = [(a, m, "fine solve: " + why.splitlines()[0]) for a, m, why in data.failed]
         base, keep = {}, []
         for i, (a, m) in enumerate(data.conditions):
             try:
                 base[len(keep)] = self.solver.solve(aoa=float(a), mach=float(m)).fields[:, :3]
                 keep.append(i)
-            except SolverError:
-                pass
+            except SolverError as err:
+                self.failed.append((float(a), float(m), "coarse solve: " + str(err).splitlines()[0]))
         if len(keep) < len(data):
             say("%d conditions dropped: coarse solve failed", len(data) - len(keep))
         self.conditions = data.conditions[keep]
         self.targets = torch.as_tensor(data.fields[keep])
         data.conditions, data.fields = self.conditions, data.fields[keep]
-        self.train, self.test = data.split(d["split"], seed=cfg["seed"], test_fraction=d["test_fraction"],
-                                           mach_min=d["mach_min"])
+        self.train, self.test = data.split(*self.machs)
         say("%s split: %d train, %d test conditions", d["split"], len(self.train), len(self.test))
         self.base = [torch.as_tensor(base[i]) for i in range(len(keep))]
         g = mesh_to_graph(self.fine)
@@ -146,11 +155,16 @@ class Problem:
         self.h = cfg["zo"]["scale"] * short * (self.coarse.node_type() == 0)
         self.area0 = signed_areas(pts, self.coarse.triangles)
 
+    def upsampled_mse(self, idx) -> float:
+        """The no-learning baseline: MSE of the coarse solution (fixed mesh) upsampled to the fine nodes."""
+        pts = self.coarse.points
+        return float(np.mean([float(torch.mean((self.up(self.base[i], pts) - self.targets[i]) ** 2)) for i in idx]))
+
 
 class Trainer:
     """One method's model, optimizers, coarse displacement theta and black boxes; epochs and evaluation."""
 
-    def __init__(self, prob: Problem, cfg, method=None, sampler=None):
+    def __init__(self, prob: Problem, cfg, method=None, sampler=None, executor=None):
         self.p, self.cfg = prob, cfg
         self.method = method or cfg["model"]["method"]
         m, t, z, seed = cfg["model"], cfg["train"], cfg["zo"], cfg["seed"]
@@ -168,7 +182,7 @@ class Trainer:
         if self.method == "zo":
             self.box = BlackBox(CoarseSolve(prob.solver, prob.coarse.points, prob.h), batched=True,
                                 sampler=sampler or z["sampler"], estimator=z["estimator"], queries=z["queries"],
-                                mu=z["mu"], numpy_io=True, seed=seed)
+                                mu=z["mu"], numpy_io=True, executor=executor, seed=seed)
         self.zo_grad_norm = 0.0
 
     # ------------------------------------------------------------------ pieces
@@ -300,7 +314,13 @@ def run(run):
     """Train (or resume) one method in run.path."""
     cfg = run.config
     prob = Problem(cfg, run.logger)
-    tr = Trainer(prob, cfg)
+    workers = cfg["zo"]["workers"]
+    with ProcessPoolExecutor(workers) if workers > 1 else nullcontext() as pool:
+        train(run, prob, Trainer(prob, cfg, executor=pool))
+
+
+def train(run, prob, tr):
+    cfg = run.config
     state = run.load_checkpoint()
     if state is not None:
         tr.load_state_dict(state)

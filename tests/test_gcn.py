@@ -67,7 +67,7 @@ def test_upsampling_weights(meshes, method):
 
 def test_dataset_caches_and_resumes(tmp_path, meshes):
     coarse, _ = meshes
-    cond = grid(3, 2, mach=(0.2, 0.4))
+    cond = grid((0.2, 0.4), aoa_step=10.0)
     dying = Counting(PotentialFlow(coarse), die_after=3)
     with pytest.raises(KeyboardInterrupt):
         generate(dying, cond, tmp_path, progress=False, chunk=1)
@@ -78,10 +78,23 @@ def test_dataset_caches_and_resumes(tmp_path, meshes):
     again = Counting(PotentialFlow(coarse))
     data2 = generate(again, cond, tmp_path, progress=False)
     assert again.calls == 0 and np.array_equal(data2.fields, data.fields)
-    tr, te = data.split("extrapolation", mach_min=0.4)
-    assert (data.conditions[te, 1] >= 0.4 - 1e-9).all() and (data.conditions[tr, 1] < 0.4).all()
-    tr, te = data.split("interpolation", seed=1, test_fraction=0.5)
-    assert len(set(tr) | set(te)) == len(data) and not set(tr) & set(te)
+    tr, te = data.split([0.2], [0.4])
+    assert (data.conditions[te, 1] == 0.4).all() and (data.conditions[tr, 1] == 0.2).all()
+    assert len(set(tr) | set(te)) == len(data)
+    larger = Counting(PotentialFlow(coarse))
+    generate(larger, grid((0.2, 0.3, 0.4), aoa_step=10.0), tmp_path, progress=False)
+    assert larger.calls == 3  # another grid reuses every condition already solved
+
+
+def test_the_papers_splits():
+    from zosci.cfd.dataset import SPLITS, split_machs
+
+    interp, general = SPLITS["interpolation"], SPLITS["generalization"]
+    assert interp == ((0.2, 0.3, 0.35, 0.4, 0.5, 0.55, 0.6, 0.7), (0.25, 0.45, 0.65))
+    assert max(general[0]) < min(general[1]) and min(general[0]) == 0.2 and max(general[1]) == 0.8
+    assert len(grid(interp[0] + interp[1])) == 21 * 11  # aoa -10..10 in 1-degree steps
+    with pytest.raises(ValueError, match="share"):
+        split_machs("interpolation", train=[0.2, 0.3], test=[0.3])
 
 
 def test_failed_conditions_are_skipped_and_recorded(tmp_path, meshes):
@@ -95,7 +108,8 @@ def tiny_config(tmp_path, **over):
     from zosci.cfd.gcn_case import SCHEMA
 
     raw = {"kind": "cfd_gcn", "name": "t", "mesh": {"source": "naca"},
-           "data": {"n_aoa": 3, "n_mach": 2, "cache_dir": str(tmp_path / "cache"), "test_fraction": 0.34},
+           "data": {"aoa_step": 10.0, "train_mach": [0.2, 0.3], "test_mach": [0.25],
+                    "cache_dir": str(tmp_path / "cache")},
            "train": {"epochs": 2, "batch": 2}, "model": {"hidden": 16, "layers": 3}, "zo": {"queries": 2}}
     for k, v in over.items():
         raw[k].update(v)
@@ -122,8 +136,8 @@ def test_zo_training_moves_coarse_mesh_and_reduces_loss(tmp_path):
 def write_case(tmp_path, output):
     text = (ROOT / "cases" / "cfd_gcn.toml").read_text()
     text = text.replace('output = "runs"', f'output = "{(tmp_path / output).as_posix()}"')
-    text = text.replace('source = "cfdgcn"', 'source = "naca"').replace("n_aoa = 9", "n_aoa = 3")
-    text = text.replace("n_mach = 6", "n_mach = 2").replace("epochs = 10", "epochs = 3").replace("queries = 4", "queries = 2")
+    text = text.replace('source = "cfdgcn"', 'source = "naca"').replace("aoa_step = 1.0", "aoa_step = 10.0\ntrain_mach = [0.2, 0.3]\ntest_mach = [0.25]")
+    text = text.replace("epochs = 10", "epochs = 3").replace("queries = 4", "queries = 2")
     text = text.replace('cache_dir = "runs/cfd_gcn_cache"', f'cache_dir = "{(tmp_path / "cache").as_posix()}"')
     text = text.replace("hidden = 64", "hidden = 16").replace("batch = 4", "batch = 2")
     path = tmp_path / f"{output}.toml"

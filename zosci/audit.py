@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .hybrid import BlackBox, _as_tensor
+from .hybrid import BlackBox
 
 VARIANCE_FACTOR = {"gaussian": 1, "sphere": -1, "rademacher": -1}
 
@@ -70,7 +70,7 @@ def audit(fn, x: torch.Tensor, cotangent: torch.Tensor | None = None, reference:
     x = x.detach().double()
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        y = _as_tensor(fn(x.clone()))
+        y = BlackBox(fn, numpy_io=box_options.get("numpy_io"))(x)  # numpy or torch fn alike
     ybar = torch.randn(y.shape, generator=gen, dtype=torch.float64) if cotangent is None else cotangent.double()
     truth = reference if isinstance(reference, torch.Tensor) else reference_vjp(fn, x, ybar, reference)
     truth = truth.double().reshape(-1)
