@@ -309,7 +309,7 @@ class AdaptationLoss:
     zo_space "theta": each box wraps theta -> fields(coords(theta)) (ZO in 2K dims);
     "coords": each box wraps coords -> fields (ZO in 2n dims) and autograd maps to theta.
     jacobian_model "node_carried": each box gets zosci.cfd.jacobian_models.NodeCarried as its control
-    variate, linearized at every forward. solver_calls counts every solve: forwards plus the boxes' queries.
+    variate (linearized by the box at its forward's point and output). solver_calls counts every solve: forwards plus the boxes' queries.
     """
 
     def __init__(self, coarse_solver, modes: MeshModes, fine_points, targets, conditions, columns,
@@ -327,15 +327,14 @@ class AdaptationLoss:
         self.fns = [FieldFn(coarse_solver, a, m, columns) for a, m in self.conditions]
         if zo_space == "theta":
             self.fns = [ThetaFieldFn(f, modes) for f in self.fns]
-        self.models = [None] * len(self.fns)
+        self.model = None
         if jacobian_model == "node_carried":  # control variate: nodal values carried with their nodes
             from .jacobian_models import NodeCarried
 
-            to_coords = modes.coords if zo_space == "theta" else None
-            self.models = [NodeCarried(modes.mesh.triangles, to_coords) for _ in self.fns]
+            self.model = NodeCarried(modes.mesh.triangles, modes.coords if zo_space == "theta" else None)
         self.boxes = [BlackBox(f, sampler=sampler, estimator=estimator, queries=queries, mu=mu, executor=executor,
-                               numpy_io=True, seed=seed * 1009 + i, jacobian_model=m)
-                      for i, (f, m) in enumerate(zip(self.fns, self.models))]
+                               numpy_io=True, seed=seed * 1009 + i, jacobian_model=self.model)
+                      for i, f in enumerate(self.fns)]
         self.forward_calls = 0
 
     @property
@@ -347,11 +346,8 @@ class AdaptationLoss:
         coords = self.modes.coords(theta)
         nodes, lam = self.interp.weights(coords)
         out = []
-        for box, model, target in zip(self.boxes, self.models, self.targets):
-            x = theta if self.zo_space == "theta" else coords
-            fields = box(x)
-            if model is not None:
-                model.linearize(x.detach(), fields.detach())
+        for box, target in zip(self.boxes, self.targets):
+            fields = box(theta if self.zo_space == "theta" else coords)
             self.forward_calls += 1
             pred = (fields[nodes] * lam[..., None]).sum(dim=1)
             out.append((((pred - target) ** 2) / self.scale).mean())

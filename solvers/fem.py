@@ -34,7 +34,7 @@ class DolfinxMesh:
         c2v = dm.topology.connectivity(2, 0).array.reshape(-1, 3)
         self.vertex_of_node = np.empty(n, dtype=np.int32)
         self.vertex_of_node[self.node_of_geom[gdm]] = c2v
-        self._cell_nodes = self.node_of_geom[gdm]  # our node ids per dolfinx cell
+        self.cell_nodes = self.node_of_geom[gdm]  # our node ids per dolfinx cell
         self.facet_tags = self._tag_facets()
         self.ds = ufl.Measure("ds", domain=dm, subdomain_data=self.facet_tags)
         self._coords = mesh.points.copy()
@@ -66,9 +66,9 @@ class DolfinxMesh:
 
     def dofs_of_nodes(self, V):
         """For a scalar P1 (or the vertex dofs of a P2) space: dof index per node (block index)."""
-        cell_dofs = V.dofmap.list.array.reshape(len(self._cell_nodes), -1)[:, :3]
+        cell_dofs = V.dofmap.list.array.reshape(len(self.cell_nodes), -1)[:, :3]
         out = np.empty(len(self.mesh.points), dtype=np.int64)
-        out[self._cell_nodes] = cell_dofs
+        out[self.cell_nodes] = cell_dofs
         return out
 
     @property

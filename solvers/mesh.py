@@ -2,8 +2,9 @@
 
 SU2 files are parsed here directly: meshio 5.3 replaces SU2 marker names by
 integers and misreads some coordinate columns, so we keep our own small reader.
-Quads are split along their shorter diagonal; every cell is made
-counter-clockwise; inverted or degenerate cells raise `MeshError`.
+Quads are split along their shorter diagonal; the cells, which must all share one
+orientation, are made counter-clockwise; inverted, degenerate or overlapping cells
+raise `MeshError` naming a cell.
 """
 import os
 from dataclasses import dataclass, field
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import MeshError
-from .quality import check_cells, min_angles, signed_areas
+from .quality import check_cells, check_triangulation, min_angles, orient, signed_areas
 
 REQUIRED_MARKERS = ("airfoil", "farfield")
 _SU2_LINE, _SU2_TRI, _SU2_QUAD = 3, 5, 9
@@ -50,17 +51,15 @@ class Mesh:
 
     @classmethod
     def from_cells(cls, points, triangles=(), quads=(), boundaries=None, source="mesh"):
-        """Build from triangles and quads; quads are split, cells oriented CCW and checked."""
+        """Build from triangles and quads (all of one orientation); quads split, cells made CCW and checked."""
         points = np.asarray(points, dtype=np.float64)[:, :2]
         tris = [np.asarray(triangles, dtype=np.int64).reshape(-1, 3)]
         quads = np.asarray(quads, dtype=np.int64).reshape(-1, 4)
         if len(quads):
             tris.append(_split_quads(points, quads))
-        tris = np.concatenate(tris)
-        area = signed_areas(points, tris)
-        flip = area < 0
-        tris[flip] = tris[flip][:, [0, 2, 1]]
+        tris = orient(points, np.concatenate(tris), what=source)
         check_cells(points, tris, what=source)
+        check_triangulation(points, tris, what=source)
         return cls(points, tris, boundaries or {})
 
     def write(self, path, point_data=None):

@@ -37,11 +37,13 @@ def naca4_surface(code, n):
     return upper, lower
 
 
-def naca_mesh(code="0012", n_airfoil=60, radius=20.0, n_farfield=48, mirror=None):
+def naca_mesh(code="0012", n_airfoil=60, radius=20.0, n_farfield=48, mirror=None, growth=None):
     """Generate a triangle `Mesh` around NACA `code` with markers `airfoil` and `farfield`.
 
     n_airfoil: nodes per airfoil side (resolution); radius: far-field radius in chords;
-    n_farfield: nodes on the far-field circle; mirror: mesh half and mirror (default: symmetric codes).
+    n_farfield: nodes on the far-field circle; mirror: mesh half and mirror (default: symmetric codes);
+    growth: if given, cap the cell size at h_wall + growth * (distance to the airfoil), h_wall the
+    largest airfoil edge length (smaller growth: finer field mesh; None: gmsh's default extension).
     """
     import gmsh
 
@@ -93,6 +95,21 @@ def naca_mesh(code="0012", n_airfoil=60, radius=20.0, n_farfield=48, mirror=None
             far = [geo.addLine(a, b) for a, b in zip(ftags, ftags[1:] + ftags[:1])]
             geo.addPlaneSurface([geo.addCurveLoop(far), geo.addCurveLoop(air)])
         geo.synchronize()
+        if growth is not None:
+            if growth <= 0:
+                raise MeshError(f"naca_mesh: growth={growth} must be > 0 (or None)")
+            fd = gmsh.model.mesh.field
+            dist = fd.add("Distance")
+            fd.setNumbers(dist, "CurvesList", air)
+            fd.setNumber(dist, "Sampling", 20)
+            size = fd.add("Threshold")  # linear ramp h_wall -> h_far over the distance (h_far - h_wall) / growth
+            h_wall = float(ds.max())
+            fd.setNumber(size, "InField", dist)
+            fd.setNumber(size, "SizeMin", h_wall)
+            fd.setNumber(size, "SizeMax", h_far)
+            fd.setNumber(size, "DistMin", 0.0)
+            fd.setNumber(size, "DistMax", (h_far - h_wall) / growth)
+            fd.setAsBackgroundMesh(size)
         gmsh.model.mesh.generate(2)
         tags, xyz, _ = gmsh.model.mesh.getNodes()
         index = np.full(int(tags.max()) + 1, -1, dtype=np.int64)

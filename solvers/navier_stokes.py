@@ -101,7 +101,7 @@ class NavierStokes(LazySolver):
         n_nodes = len(self.mesh.points)
         b.u_dofs = np.empty((n_nodes, 2), dtype=np.int64)
         b.p_dof = np.empty(n_nodes, dtype=np.int64)
-        cell_nodes = b.dmesh._cell_nodes
+        cell_nodes = b.dmesh.cell_nodes
         for comp in range(2):
             sub = Wu.sub(comp)
             d = np.array([sub.dofmap.cell_dofs(c)[:3] for c in cells])

@@ -7,21 +7,40 @@ so no wake cut is needed. Isentropic density
 
     rho(q^2) = (1 + (g-1)/2 M^2 (1 - q^2))^(1/(g-1)),
 
-weak form  int rho(|u|^2) u . grad v dx = 0  for v = 0 on the far field (slip wall
-rho u.n = 0 on the airfoil is natural); far field Dirichlet psi = x cos(a) + y sin(a),
-so the far-field velocity is free stream + vortex.
+weak form  F(psi, Gamma; v) = int rho(|u|^2) u . grad v dx = 0  for v = 0 on the far field
+(slip wall rho u.n = 0 on the airfoil is natural); far field Dirichlet psi = x cos(a) + y sin(a),
+so the far-field velocity is free stream + vortex. grad(theta)/(2 pi) enters per cell as its value
+at the centroid (a DG0 field), so every integrand is piecewise constant and one quadrature point is
+exact (FFCx estimated degree 11 for F and 14 for its Jacobian with the vortex as a function of x,
+about 10x the work, for cl changes of at most 0.15 %: BENCHMARKS.md).
 
-Kutta condition (discrete): the tangential velocity (towards the trailing edge) in the
-two cells touching the TE through an airfoil edge is equal on upper and lower side,
-f(Gamma) = u_up . t_up - u_lo . t_lo = 0. At M = 0 f is affine in Gamma (two linear
-solves); for M > 0 Gamma is found by secant iteration on f, each step a Newton solve
-warm-started from the previous one, with continuation in Mach if Newton fails.
+Kutta condition (discrete): the tangential velocity (towards the trailing edge) in the two cells
+touching the TE through an airfoil edge is equal on upper and lower side,
+k(psi, Gamma) = u_up . t_up - u_lo . t_lo = a . psi + b Gamma = 0 (linear).
 
-Transonic: once a converged state has a cell Mach number above Mc (option mach_crit, 0.95)
-or plain Newton fails, the step is redone from the last subsonic state with the upwind
-artificial density rho~ = rho - nu (rho - rho_upwind), nu = C max(0, 1 - Mc^2/M_loc^2)
-(option upwind = C, 3.0), see `artificial_density_form`; still exact Newton. nu = 0 where
-M_loc <= Mc, so purely subsonic solves are bitwise unchanged and take the plain path.
+Newton on (psi, Gamma) with the Kutta row in the Jacobian: the bordered system
+
+    [ J  c ] [ dpsi   ]     [ F ]
+    [ a' b ] [ dGamma ] = - [ k ],     J = dF/dpsi, c = dF/dGamma,
+
+is solved by block elimination with one LU of J and two back-substitutions:
+J y1 = F, J y2 = c, dGamma = (a.y1 - k) / (b - a.y2), dpsi = -(y1 + dGamma y2).
+At M = 0, F is linear and J is the Laplacian: one step from any state is exact, and the LU of J
+depends on the node positions only, so it is kept until the nodes move. For M > 0 Newton starts
+from the M = 0 solution, with backtracking on |F| (a step that does not reduce |F| is halved).
+
+Transonic: once a converged state has a cell Mach number above Mc (option mach_crit, 0.95) or
+plain Newton fails, the solve is redone with the upwind artificial density
+rho~ = rho - nu (rho - rho_upwind), nu ~ C max(0, 1 - Mc^2/M_loc^2) (option upwind = C, 3.0; made
+continuously differentiable at Mc, see `switch`), see `artificial_density_form` (still exact Newton),
+with continuation in Mach (tangent predictor) from the last converged state if needed. nu = 0 where
+M_loc <= Mc, so purely subsonic solves take the plain path only.
+
+Fail fast: all Newton iterations of one solve share a budget (option max_newton, 100 plain
+iterations, an artificial-density one counting ARTIFICIAL_COST = 4; a converged subsonic M = 0.5
+solve takes 4-6), so a solve that will not converge raises `SolverError` after a bounded amount of
+work, naming the stage (plain / artificial density), the Mach number reached, the largest cell
+Mach number there, the residuals and the cells at the density floor.
 
 Outputs per node: u, v, Cp, rho; cl, cd from the surface pressure of the cells on the
 airfoil (per unit chord, chord = x-extent of the airfoil marker). Cp = (rho^g - 1)/(g M^2/2),
@@ -32,10 +51,12 @@ import math
 import numpy as np
 
 from .errors import SolverError
-from .fem import DolfinxMesh, LazySolver, Result, newton_solve, newton_solver
+from .fem import DolfinxMesh, LazySolver, Result
 from .mesh import airfoil_geometry
 
 GAMMA = 1.4
+ARTIFICIAL_COST = 4  # an artificial-density Newton iteration costs about 4 plain ones (facet terms, 2x fill-in)
+SWITCH_WIDTH = 0.02  # M_loc^2 - Mc^2 over which the artificial-density switch turns on smoothly
 RHO_FLOOR = 1e-3  # floor on the density base; reaching it (vacuum) is reported as a failure
 NAMES = ("u", "v", "Cp", "rho")
 
@@ -48,14 +69,17 @@ def density(q2, mach, gamma=GAMMA):
     return ufl.max_value(base, RHO_FLOOR) ** (1.0 / (gamma - 1))
 
 
-def full_potential_form(psi, v, mach, extra_velocity=None, source=None):
-    """Residual F(psi; v) = int rho(|u|^2) u.grad(v) dx - int source v dx, u = grad psi + extra."""
+def full_potential_form(psi, v, mach, extra_velocity=None, source=None, degree=None):
+    """Residual F(psi; v) = int rho(|u|^2) u.grad(v) dx - int source v dx, u = grad psi + extra.
+
+    degree: quadrature degree (None: the form compiler's estimate)."""
     import ufl
 
+    dx = ufl.dx if degree is None else ufl.dx(metadata={"quadrature_degree": degree})
     u = ufl.grad(psi) if extra_velocity is None else ufl.grad(psi) + extra_velocity
-    F = density(ufl.dot(u, u), mach) * ufl.dot(u, ufl.grad(v)) * ufl.dx
+    F = density(ufl.dot(u, u), mach) * ufl.dot(u, ufl.grad(v)) * dx
     if source is not None:
-        F = F - source * v * ufl.dx
+        F = F - source * v * dx
     return F
 
 
@@ -67,12 +91,15 @@ def local_mach2(q2, mach, gamma=GAMMA):
     return mach**2 * q2 / ufl.max_value(base, RHO_FLOOR)
 
 
-def switch(q2, mach, mach_crit, coef):
-    """Artificial-density switch nu = coef max(0, 1 - Mc^2/M_loc^2): 0 wherever M_loc <= Mc."""
+def switch(q2, mach, mach_crit, coef, width=SWITCH_WIDTH):
+    """Artificial-density switch nu = coef (1 - Mc^2/M_loc^2) s/(s + w), s = max(0, M_loc^2 - Mc^2):
+    0 wherever M_loc <= Mc, continuously differentiable there (Newton does not cycle on a kink),
+    within w/s of the classic coef max(0, 1 - Mc^2/M_loc^2) above."""
     import ufl
 
     m2 = local_mach2(q2, mach)
-    return coef * ufl.max_value(m2 - mach_crit**2, 0.0) / ufl.max_value(m2, mach_crit**2)
+    s = ufl.max_value(m2 - mach_crit**2, 0.0)
+    return coef * s / ufl.max_value(m2, mach_crit**2) * s / (s + width)
 
 
 def artificial_density_form(psi, v, mach, extra_velocity, mach_crit, coef, degree=2):
@@ -106,15 +133,28 @@ def artificial_density_form(psi, v, mach, extra_velocity, mach_crit, coef, degre
         S = 0.5 * (abs(cross(us, e1)) + abs(cross(us, e2)) + abs(cross(us, e3)))
         q2s, q2o = ufl.dot(us, us), ufl.dot(u(o), u(o))
         inflow = ufl.max_value(-ufl.dot(us, n(s)), 0.0)
-        nu = switch(q2s, mach, mach_crit, coef)
-        drho = density(q2s, mach) - density(q2o, mach)
+        ms = mach(s) if isinstance(mach, ufl.Coefficient) else mach  # a field must be taken from one side
+        nu = switch(q2s, ms, mach_crit, coef)
+        drho = density(q2s, ms) - density(q2o, ms)
         return nu * vol(s) * ufl.dot(us, ufl.grad(v)(s)) * inflow * drho / ufl.max_value(S, 1e-14)
 
     return (one_side("+", "-") + one_side("-", "+")) * ufl.dS(metadata={"quadrature_degree": degree})
 
 
+def gradient_operators(points, triangles):
+    """(m, 2, 3) matrices G with grad f = G @ f[tri] for the P1 interpolant on every triangle, and areas."""
+    p = points[triangles]
+    d1, d2 = p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]
+    det = d1[:, 0] * d2[:, 1] - d1[:, 1] * d2[:, 0]
+    # grad = [[d2y, -d1y], [-d2x, d1x]] / det @ [f1 - f0, f2 - f0]
+    a = np.stack([np.stack([d2[:, 1], -d1[:, 1]], axis=1), np.stack([-d2[:, 0], d1[:, 0]], axis=1)], axis=1)
+    a = a / det[:, None, None]
+    G = np.concatenate([-a.sum(axis=2, keepdims=True), a], axis=2)
+    return G, 0.5 * det
+
+
 def cell_gradients(points, triangles, values):
-    """Gradient (m, 2) of the P1 interpolant of nodal `values` on every triangle."""
+    """Gradient (m, 2) of the P1 interpolant of nodal `values` on every triangle, and the areas."""
     p = points[triangles]
     d1, d2 = p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]
     f = values[triangles]
@@ -155,21 +195,94 @@ def pressure_forces(points, edges, cp_cells, chord):
     return (cp_cells[:, None] * np.column_stack([d[:, 1], -d[:, 0]])).sum(axis=0) / chord
 
 
+def _thermo(q2, mach):
+    """rho, Cp and the density base 1 + (g-1)/2 M^2 (1 - q^2) for speeds squared q2."""
+    base = 1 + 0.5 * (GAMMA - 1) * mach**2 * (1 - q2)
+    rho = np.maximum(base, RHO_FLOOR) ** (1 / (GAMMA - 1))
+    cp = 1 - q2 if mach == 0 else (rho**GAMMA - 1) / (0.5 * GAMMA * mach**2)
+    return rho, cp, base
+
+
+class _NewtonFailed(SolverError):
+    """One Newton run failed after `iterations`; the solve may still succeed another way."""
+
+    def __init__(self, message, iterations):
+        super().__init__(message)
+        self.iterations = iterations
+
+
+class _LU:
+    """A PETSc matrix for a bilinear form (Dirichlet rows/columns -> identity) and its kept LU."""
+
+    def __init__(self, form, bcs, package):
+        from dolfinx.fem.petsc import create_matrix
+        from mpi4py import MPI
+        from petsc4py import PETSc
+
+        self.form, self.bcs = form, bcs
+        self.A = create_matrix(form)
+        self.ksp = PETSc.KSP().create(MPI.COMM_SELF)
+        self.ksp.setOperators(self.A)
+        self.ksp.setType("preonly")
+        pc = self.ksp.getPC()
+        pc.setType("lu")
+        pc.setFactorSolverType(package)
+        pc.setFactorOrdering("amd")  # fewest fill-in on these 2-D meshes (nd: +50 % time, rcm: 10x)
+        self.pc = pc
+        self.x, self.b = self.A.createVecRight(), self.A.createVecLeft()
+
+    def factor(self):
+        """Assemble at the current coefficients and factorise (symbolic analysis reused)."""
+        from dolfinx.fem.petsc import assemble_matrix
+
+        self.A.zeroEntries()
+        assemble_matrix(self.A, self.form, self.bcs)
+        self.A.assemble()
+        try:
+            self.pc.setUp()
+        except Exception as e:  # PETSc.Error: zero pivot, out of memory
+            raise _NewtonFailed(f"LU factorisation failed ({e})", 0) from None
+
+    def solve(self, rhs):
+        self.b.array[:] = rhs
+        self.ksp.solve(self.b, self.x)
+        return self.x.array.copy()
+
+
+class _Forms:
+    """Compiled residual F, Jacobian J = dF/dpsi (in its LU), c = dF/dGamma and dF/dM of one discretisation."""
+
+    def __init__(self, F, b, package):
+        import dolfinx
+        import ufl
+
+        self.F = dolfinx.fem.form(F)
+        self.C = dolfinx.fem.form(ufl.derivative(F, b.gam, b.one))
+        self.dM = dolfinx.fem.form(ufl.derivative(F, b.mach, b.one))
+        self.lu = _LU(dolfinx.fem.form(ufl.derivative(F, b.psi, ufl.TrialFunction(b.V))), [b.bc], package)
+
+
 class _Built:
     pass
 
 
 class PotentialFlow(LazySolver):
-    """Full-potential solver: `PotentialFlow(mesh_or_path).solve(aoa=deg, mach=M, coords=None)`."""
+    """Full-potential solver: `PotentialFlow(mesh_or_path).solve(aoa=deg, mach=M, coords=None)`.
 
-    def __init__(self, mesh, kutta_tol=1e-9, max_secant=30, newton_rtol=1e-10, mach_crit=0.95, upwind=3.0):
-        super().__init__(mesh, kutta_tol=kutta_tol, max_secant=max_secant, newton_rtol=newton_rtol,
-                         mach_crit=mach_crit, upwind=upwind)
+    Options: newton_tol (relative Newton step at which to stop), max_newton (Newton iterations per
+    solve, all attempts together), mach_crit and upwind (transonic), lu (the PETSc LU package).
+    """
+
+    def __init__(self, mesh, newton_tol=1e-9, max_newton=100, mach_crit=0.95, upwind=3.0, lu="petsc"):
+        if max_newton < 2:
+            raise SolverError(f"max_newton={max_newton}: give at least 2 Newton iterations")
+        super().__init__(mesh, newton_tol=newton_tol, max_newton=max_newton, mach_crit=mach_crit, upwind=upwind, lu=lu)
 
     def _build(self):
         import dolfinx
         import ufl
 
+        opt = self.options
         b = _Built()
         mesh = self.mesh
         geo = airfoil_geometry(mesh)
@@ -177,26 +290,32 @@ class PotentialFlow(LazySolver):
         b.dmesh = DolfinxMesh(mesh)
         dm = b.dmesh.dm
         b.V = dolfinx.fem.FunctionSpace(dm, ("CG", 1))
+        R = dolfinx.fem.FunctionSpace(dm, ("DG", 0))  # Gamma as a constant field, to differentiate by it
         b.psi, b.psi_D = dolfinx.fem.Function(b.V), dolfinx.fem.Function(b.V)
-        b.mach = dolfinx.fem.Constant(dm, 0.0)
-        b.gamma = dolfinx.fem.Constant(dm, 0.0)
-        X = ufl.SpatialCoordinate(dm)
-        r = X - ufl.as_vector([float(b.center[0]), float(b.center[1])])
-        g = ufl.as_vector([-r[1], r[0]]) / (2 * math.pi * ufl.dot(r, r))
-        v = ufl.TestFunction(b.V)  # one Argument for both forms: UFL must see a single v_0 in Fs below
-        F = full_potential_form(b.psi, v, b.mach, b.gamma * g)
+        b.gam, b.one = dolfinx.fem.Function(R), dolfinx.fem.Function(R)
+        b.one.x.array[:] = 1.0
+        b.mach = dolfinx.fem.Function(R)  # free-stream Mach as a constant field, to differentiate by it
+        b.g = dolfinx.fem.Function(dolfinx.fem.VectorFunctionSpace(dm, ("DG", 0)))  # vortex velocity per cell
+        b.g_dofs = b.g.function_space.dofmap.list.array.reshape(-1)  # block dof of every dolfinx cell
+        g = b.g
+        v = ufl.TestFunction(b.V)
         far = dolfinx.fem.locate_dofs_topological(b.V, 1, b.dmesh.facets("farfield"))
-        bc = dolfinx.fem.dirichletbc(b.psi_D, far)
-        b.problem = dolfinx.fem.petsc.NonlinearProblem(F, b.psi, [bc])
-        b.newton = newton_solver(b.problem, rtol=self.options["newton_rtol"], atol=1e-11, max_it=15)
+        b.far = np.asarray(far, dtype=np.int64)
+        b.bc = dolfinx.fem.dirichletbc(b.psi_D, far)
+        F = full_potential_form(b.psi, v, b.mach, b.gam * g, degree=0)  # piecewise-constant integrand: exact
+        b.plain = _Forms(F, b, opt["lu"])
         # transonic: the same form plus the artificial density (used once M_loc > Mc somewhere)
-        b.mach_crit = dolfinx.fem.Constant(dm, float(self.options.get("mach_crit", 0.95)))
-        b.upwind = dolfinx.fem.Constant(dm, float(self.options.get("upwind", 3.0)))
-        Fs = F - artificial_density_form(b.psi, v, b.mach, b.gamma * g, b.mach_crit, b.upwind)
-        b.problem_up = dolfinx.fem.petsc.NonlinearProblem(Fs, b.psi, [bc])
-        b.newton_up = newton_solver(b.problem_up, rtol=self.options["newton_rtol"], atol=1e-11, max_it=30)
+        b.mach_crit = dolfinx.fem.Constant(dm, float(opt["mach_crit"]))
+        b.upwind = dolfinx.fem.Constant(dm, float(opt["upwind"]))
+        Fs = F - artificial_density_form(b.psi, v, b.mach, b.gam * g, b.mach_crit, b.upwind, degree=0)
+        b.artificial = _Forms(Fs, b, opt["lu"])
+        # M = 0: the Laplacian (J at M = 0) and its LU, kept until the nodes move
+        lap = ufl.inner(ufl.grad(ufl.TrialFunction(b.V)), ufl.grad(v)) * ufl.dx(metadata={"quadrature_degree": 0})
+        b.laplace = _LU(dolfinx.fem.form(lap), [b.bc], opt["lu"])
+        b.geometry_coords = None
         b.transonic = False
         b.dof = b.dmesh.dofs_of_nodes(b.V)
+        b.n_dofs = len(b.psi.x.array)
         # Kutta: the two airfoil edges at the TE node and their cells
         te = geo["te"]
         b.wall_cells, b.wall_edges = _edge_cells(mesh, "airfoil")
@@ -209,105 +328,192 @@ class PotentialFlow(LazySolver):
         return b
 
     # --------------------------------------------------------------- pieces
-    def _nodal_psi(self):
-        b = self.built
-        return b.psi.x.array[b.dof]
-
-    def _kutta(self, gamma):
-        """f = u_up.t_up - u_lo.t_lo in the two TE cells (t towards the TE)."""
+    def _geometry(self):
+        """After the nodes moved: the cells' vortex velocity, the Kutta row, and a stale Laplacian LU."""
         b = self.built
         x = b.dmesh.coords
+        if b.geometry_coords is x:
+            return
+        cell_g = vortex_velocity(x[b.dmesh.cell_nodes].mean(axis=1), b.center)
+        b.g.x.array.reshape(-1, 2)[b.g_dofs] = cell_g
         tri = self.mesh.triangles[b.te_cells]
-        grad, _ = cell_gradients(x, tri, self._nodal_psi())
-        u = grad + gamma * vortex_velocity(x[tri].mean(axis=1), b.center)
+        G, _ = gradient_operators(x, tri)
         t = x[b.te] - x[b.te_other]
         t /= np.linalg.norm(t, axis=1)[:, None]
-        s = np.einsum("ij,ij->i", u, t)
-        return s[0] - s[1]
+        tg = np.einsum("ij,ijk->ik", t, G)  # t . grad as weights on the 3 nodes of each cell
+        w = vortex_velocity(x[tri].mean(axis=1), b.center)
+        a = np.zeros(b.n_dofs)
+        np.add.at(a, b.dof[tri[0]], tg[0])
+        np.add.at(a, b.dof[tri[1]], -tg[1])
+        b.kutta_ab = (a, float(t[0] @ w[0] - t[1] @ w[1]))
+        b.laplace.factor()
+        b.geometry_coords = x
 
-    def _newton(self, mach, gamma, what):
+    def _kutta(self, psi, gamma):
+        a, bk = self.built.kutta_ab
+        return float(a @ psi + bk * gamma)
+
+    def _set_state(self, psi, gamma):
         b = self.built
-        b.mach.value, b.gamma.value = mach, gamma
-        return newton_solve(b.newton_up if b.transonic else b.newton, b.psi, what)
+        b.psi.x.array[:] = psi
+        b.gam.x.array[:] = gamma
 
-    def _max_local_mach(self, mach, gamma):
-        """Largest cell Mach number of the current psi (velocity at the cell centroids)."""
-        if mach == 0:
-            return 0.0
+    def _vector(self, form):
+        """Assemble a linear form at the current state; Dirichlet rows set to 0 (psi already meets the BC)."""
+        import dolfinx
+
+        out = np.zeros(self.built.n_dofs)
+        dolfinx.fem.assemble_vector(out, form)
+        out[self.built.far] = 0.0
+        return out
+
+    def _cell_velocity(self, psi, gamma):
         b = self.built
         x, tri = b.dmesh.coords, self.mesh.triangles
-        grad, _ = cell_gradients(x, tri, self._nodal_psi())
-        u = grad + gamma * vortex_velocity(x[tri].mean(axis=1), b.center)
+        grad, area = cell_gradients(x, tri, psi[b.dof])
+        return grad + gamma * vortex_velocity(x[tri].mean(axis=1), b.center), grad, area
+
+    def _bases(self, psi, gamma, mach):
+        """Density base 1 + (g-1)/2 M^2 (1 - q^2) per cell (centroid velocity)."""
+        u, _, _ = self._cell_velocity(psi, gamma)
+        return 1 + 0.5 * (GAMMA - 1) * mach**2 * (1 - np.einsum("ij,ij->i", u, u))
+
+    def _bordered_step(self, lu, c_form, F, psi, gamma):
+        """(dpsi, dGamma) of the bordered Newton system, J factorised in `lu`, c assembled from c_form."""
+        a, bk = self.built.kutta_ab
+        y1, y2 = lu.solve(F), lu.solve(self._vector(c_form))
+        dg = (a @ y1 - (a @ psi + bk * gamma)) / (bk - a @ y2)
+        return -(y1 + dg * y2), dg
+
+    def _incompressible(self):
+        """M = 0: one bordered step from psi = psi_D, Gamma = 0 is exact (F linear); Laplacian LU kept."""
+        b = self.built
+        b.mach.x.array[:] = 0.0
+        psi = b.psi_D.x.array.copy()
+        self._set_state(psi, 0.0)
+        F = self._vector(b.plain.F)
+        dpsi, dg = self._bordered_step(b.laplace, b.plain.C, F, psi, 0.0)
+        return psi + dpsi, dg
+
+    def _newton(self, forms, mach, psi, gamma, what, max_it, max_damped, monotone=True):
+        """Newton on (psi, Gamma) at Mach `mach` from (psi, gamma); returns (psi, gamma, iterations).
+
+        Stops when the relative step max|dpsi| / max|psi| and |dGamma| / (1 + |Gamma|) fall below
+        newton_tol (the step is applied: quadratic convergence leaves an error ~ step^2). A step that
+        does not reduce |F| (monotone) or blows it up 10x (not monotone: the artificial density switch
+        is not smooth) or leaves NaN is halved, down to 1/64; more than `max_damped` damped steps
+        mean Newton is not in its convergence region, and so does |F| falling less than 2x in an
+        iteration after the first (quadratic convergence falls much faster): raises _NewtonFailed
+        (also after max_it).
+        """
+        b = self.built
+        tol = self.options["newton_tol"]
+        b.mach.x.array[:] = mach
+        self._set_state(psi, gamma)
+        F = self._vector(forms.F)
+        merit, damped = np.linalg.norm(F), 0
+        history = [merit]
+        for it in range(1, max_it + 1):
+            try:
+                forms.lu.factor()
+            except _NewtonFailed as e:
+                raise _NewtonFailed(f"{what}: iteration {it}: {e}", it) from None
+            dpsi, dg = self._bordered_step(forms.lu, forms.C, F, psi, gamma)
+            if not (np.all(np.isfinite(dpsi)) and np.isfinite(dg)):
+                raise _NewtonFailed(f"{what}: Newton step is not finite (singular Jacobian) at iteration {it}", it)
+            small = np.abs(dpsi).max() <= tol * np.abs(psi).max() and abs(dg) <= tol * (1 + abs(gamma))
+            t = 1.0
+            while True:
+                psi_t, gamma_t = psi + t * dpsi, gamma + t * dg
+                self._set_state(psi_t, gamma_t)
+                F_t = self._vector(forms.F)
+                merit_t = np.linalg.norm(F_t)
+                bound = (1 - 1e-4 * t) * merit if monotone else 10 * merit
+                if small or (np.isfinite(merit_t) and merit_t < bound):
+                    break
+                t *= 0.5
+                if t < 1 / 64:
+                    raise _NewtonFailed(f"{what}: Newton line search failed at iteration {it} (no step length "
+                                        f"reduces |F|={merit:.3e}; {self._floor_cells(psi, gamma, mach)})", it)
+            damped += t < 1
+            psi, gamma, F, merit = psi_t, gamma_t, F_t, merit_t
+            if small:
+                return psi, gamma, it
+            history.append(merit)
+            if damped > max_damped or (it >= 2 and merit > 0.5 * history[-2]):
+                raise _NewtonFailed(f"{what}: Newton stalled at iteration {it} ({damped} damped step(s), |F| "
+                                    f"{history[-2]:.3e} -> {merit:.3e}; {self._floor_cells(psi, gamma, mach)})", it)
+        raise _NewtonFailed(f"{what}: Newton did not converge in {max_it} iterations (|F|={merit:.3e}, "
+                            f"Kutta residual {self._kutta(psi, gamma):.2e}; {self._floor_cells(psi, gamma, mach)})",
+                            max_it)
+
+    def _floor_cells(self, psi, gamma, mach):
+        n = int(np.count_nonzero(self._bases(psi, gamma, mach) <= RHO_FLOOR))
+        return f"{n} cell(s) at the density floor"
+
+    def _max_local_mach(self, psi, gamma, mach):
+        u, _, _ = self._cell_velocity(psi, gamma)
         q2 = np.einsum("ij,ij->i", u, u)
         base = np.maximum(1 + 0.5 * (GAMMA - 1) * mach**2 * (1 - q2), RHO_FLOOR)
         return float(np.sqrt(mach**2 * q2 / base).max())
 
-    def _incompressible(self, aoa):
-        """M = 0: psi and Gamma from two linear solves (f affine in Gamma)."""
-        b = self.built
-        b.psi.x.array[:] = 0.0
-        self._newton(0.0, 0.0, f"potential flow (aoa={aoa}, M=0, Gamma=0)")
-        p0, f0 = b.psi.x.array.copy(), self._kutta(0.0)
-        self._newton(0.0, 1.0, f"potential flow (aoa={aoa}, M=0, Gamma=1)")
-        p1, f1 = b.psi.x.array.copy(), self._kutta(1.0)
-        gamma = -f0 / (f1 - f0)
-        b.psi.x.array[:] = p0 + gamma * (p1 - p0)
-        return gamma
+    def _tangent(self, forms, psi, gamma):
+        """d(psi, Gamma)/dM along the solution branch at a converged state: the bordered system with
+        right-hand side dF/dM and Kutta row 0, solved with the LU of the last Newton iteration."""
+        self._set_state(psi, gamma)
+        return self._bordered_step(forms.lu, forms.C, self._vector(forms.dM), 0.0 * psi, 0.0)
 
-    def _secant(self, mach, gamma, mach_prev, aoa):
-        """Gamma at Mach `mach` by secant iteration on the Kutta residual."""
-        tol, what = self.options["kutta_tol"], f"potential flow (aoa={aoa}, M={mach:.4g})"
-        g0 = gamma
-        self._newton(mach, g0, what)
-        f0 = self._kutta(g0)
-        if abs(f0) < tol:
-            return g0
-        ratio = math.sqrt((1 - mach_prev**2) / (1 - mach**2))  # Prandtl-Glauert guess
-        g1 = g0 * ratio if abs(g0 * (ratio - 1)) > 1e-8 else g0 + 1e-4
-        for _ in range(self.options["max_secant"]):
-            self._newton(mach, g1, what)
-            f1 = self._kutta(g1)
-            if abs(f1) < tol or abs(g1 - g0) < 1e-13 * (1 + abs(g1)):
-                return g1
-            if f1 == f0:
-                break
-            g0, g1, f0 = g1, g1 - f1 * (g1 - g0) / (f1 - f0), f1
-        raise SolverError(f"{what}: Kutta secant iteration did not converge (|f|={abs(f1):.2e}, Gamma={g1:.6g})")
+    def _compressible(self, mach, psi0, gamma0, aoa):
+        """(psi, Gamma, Newton iterations) at `mach` from the M = 0 state (psi0, gamma0).
 
-    def _compressible(self, mach, gamma, aoa, max_halvings=6):
-        """Continuation in Mach from 0: try the target, halve the step on failure.
-
-        The plain (subsonic) form is used while the converged states stay below the critical local
-        Mach number Mc; at the first step that fails or exceeds it, the step is redone from the
-        last subsonic state with the artificial density (identical where M_loc <= Mc).
+        Plain Newton at the target Mach first. If it fails, or its solution has a cell above Mc, the
+        artificial-density Newton takes over, with continuation in Mach: from the last converged state
+        M0 (moved along the tangent d(psi, Gamma)/dM) to M0 + dM, dM grown 1.5x after a success and
+        halved after a failure. All attempts share the budget max_newton, counted in plain iterations (an
+        artificial-density one counts ARTIFICIAL_COST); running out raises SolverError.
         """
         b = self.built
-        done, steps, halvings = 0.0, [mach], 0
-        state = (b.psi.x.array.copy(), gamma)
-        while steps:
-            m = steps[0]
+        budget = self.options["max_newton"]
+        left, iterations = budget, 0
+        tag = f"potential flow (aoa={aoa}, M={mach})"
+        failures = []
+        guess = None
+        try:
+            psi, gamma, n = self._newton(b.plain, mach, psi0, gamma0, f"{tag}: plain Newton at M={mach:.4g}",
+                                         min(left, 12), max_damped=2)
+            left, iterations = left - n, iterations + n
+            if self._max_local_mach(psi, gamma, mach) <= float(b.mach_crit.value):
+                return psi, gamma, iterations
+            guess = (psi, gamma)  # supersonic pocket: a start for the artificial density
+        except _NewtonFailed as e:
+            failures.append(str(e))
+            left, iterations = left - e.iterations, iterations + e.iterations
+        b.transonic = True
+        m0, p0, g0, tangent = 0.0, psi0, gamma0, (0.0 * psi0, 0.0)  # last converged state; dF/dM = 0 at M = 0
+        step = mach
+        while left > 0:
+            m = min(mach, m0 + step)
+            start = guess or (p0 + (m - m0) * tangent[0], g0 + (m - m0) * tangent[1])
+            guess = None
             try:
-                g_new = self._secant(m, gamma, done, aoa)
-            except SolverError:
-                b.psi.x.array[:] = state[0]
-                if not b.transonic:  # retry the same step with the artificial density switched on
-                    b.transonic = True
-                    continue
-                halvings += 1
-                if halvings > max_halvings:
-                    raise SolverError(
-                        f"potential flow (aoa={aoa}, M={mach}): no convergence beyond M={done:.4g} with Mach "
-                        f"continuation (transonic flow with a shock too strong for the artificial-density "
-                        f"full potential)") from None
-                steps.insert(0, 0.5 * (done + m))
+                psi, gamma, n = self._newton(b.artificial, m, *start, f"{tag}: artificial-density Newton at M={m:.4g}",
+                                             max(1, min(left // ARTIFICIAL_COST, 8)), max_damped=3, monotone=False)
+            except _NewtonFailed as e:
+                failures.append(str(e))
+                left, iterations = left - ARTIFICIAL_COST * e.iterations, iterations + e.iterations
+                step = 0.5 * (m - m0)
+                if step < 1e-3 * mach:
+                    break  # the solution branch ends (or Newton cycles on a kink of the upwinding)
                 continue
-            if not b.transonic and self._max_local_mach(m, g_new) > float(b.mach_crit.value):
-                b.transonic = True  # supersonic pocket: redo this step from the last subsonic state
-                b.psi.x.array[:] = state[0]
-                continue
-            gamma, done = g_new, steps.pop(0)
-            state = (b.psi.x.array.copy(), gamma)
-        return gamma
+            left, iterations = left - ARTIFICIAL_COST * n, iterations + n
+            if m == mach:
+                return psi, gamma, iterations
+            m0, p0, g0, step = m, psi, gamma, 1.5 * step
+            tangent = self._tangent(b.artificial, psi, gamma)
+        why = f"within max_newton={budget} Newton iterations" if left <= 0 else "with a Mach step above 1e-3 M"
+        peak = self._max_local_mach(p0, g0, m0)
+        raise SolverError(f"{tag}: no convergence {why} (converged up to M={m0:.4g}, where the largest cell Mach "
+                          f"number is {peak:.2f}); last failure: {failures[-1]}")
 
     # ----------------------------------------------------------------- API
     def solve(self, aoa=0.0, mach=0.0, coords=None):
@@ -324,27 +530,28 @@ class PotentialFlow(LazySolver):
             ca, sa = math.cos(a), math.sin(a)
             b.psi_D.interpolate(lambda x: x[0] * ca + x[1] * sa)
             b.transonic = False
-            gamma = self._incompressible(aoa)
-            gamma_inc = gamma
+            self._geometry()
+            psi, gamma = self._incompressible()
+            gamma_inc, iterations = gamma, 0
             if mach > 0:
-                gamma = self._compressible(mach, gamma, aoa)
-            return self._outputs(aoa, mach, gamma, gamma_inc)
+                psi, gamma, iterations = self._compressible(mach, psi, gamma, aoa)
+            self._set_state(psi, gamma)
+            return self._outputs(aoa, mach, psi, gamma, gamma_inc, iterations)
 
-    def _outputs(self, aoa, mach, gamma, gamma_inc):
+    def _outputs(self, aoa, mach, psi, gamma, gamma_inc, iterations):
         b = self.built
-        x, tri = b.dmesh.coords, self.mesh.triangles
-        psi = self._nodal_psi()
-        grad, area = cell_gradients(x, tri, psi)
-        u_cell = grad + gamma * vortex_velocity(x[tri].mean(axis=1), b.center)
+        x = b.dmesh.coords
+        u_cell, grad, area = self._cell_velocity(psi, gamma)
         # nodal velocity: area-weighted average of grad psi, plus the exact vortex part
-        n, idx = len(x), tri.ravel()
+        n, idx = len(x), self.mesh.triangles.ravel()
         w = np.bincount(idx, np.repeat(area, 3), n)
         acc = np.column_stack([np.bincount(idx, np.repeat(grad[:, k] * area, 3), n) for k in range(2)])
         u_node = acc / w[:, None] + gamma * vortex_velocity(x, b.center)
         rho_n, cp_n, base_n = _thermo(np.einsum("ij,ij->i", u_node, u_node), mach)
         rho_c, cp_c, base_c = _thermo(np.einsum("ij,ij->i", u_cell, u_cell), mach)
         if base_c.min() <= RHO_FLOOR:
-            raise SolverError(f"potential flow (aoa={aoa}, M={mach}): density reached vacuum; flow is not subsonic")
+            raise SolverError(f"potential flow (aoa={aoa}, M={mach}): density floor reached in "
+                              f"{int(np.count_nonzero(base_c <= RHO_FLOOR))} cell(s) (vacuum); the flow is not subsonic")
         C = pressure_forces(x, b.wall_edges, cp_c[b.wall_cells], b.chord)
         a = math.radians(aoa)
         cl = -C[0] * math.sin(a) + C[1] * math.cos(a)
@@ -352,14 +559,6 @@ class PotentialFlow(LazySolver):
         q2 = np.einsum("ij,ij->i", u_cell, u_cell)
         local_mach = 0.0 if mach == 0 else float(np.sqrt(q2 / (1 / mach**2 + 0.2 * (1 - q2))).max())
         info = {"gamma": gamma, "cl_circulation": -2 * gamma / b.chord, "gamma_incompressible": gamma_inc,
-                "max_local_mach": local_mach, "kutta_residual": self._kutta(gamma),
-                "transonic": bool(b.transonic)}
+                "max_local_mach": local_mach, "kutta_residual": self._kutta(psi, gamma),
+                "transonic": bool(b.transonic), "newton_iterations": iterations}
         return Result(np.column_stack([u_node, cp_n, rho_n]), NAMES, cl, cd, info)
-
-
-def _thermo(q2, mach):
-    """rho, Cp and the density base 1 + (g-1)/2 M^2 (1 - q^2) for speeds squared q2."""
-    base = 1 + 0.5 * (GAMMA - 1) * mach**2 * (1 - q2)
-    rho = np.maximum(base, RHO_FLOOR) ** (1 / (GAMMA - 1))
-    cp = 1 - q2 if mach == 0 else (rho**GAMMA - 1) / (0.5 * GAMMA * mach**2)
-    return rho, cp, base

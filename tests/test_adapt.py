@@ -1,7 +1,5 @@
 """Mesh adaptation: modes keep cells valid and are smooth, backtracking, loss decrease, ZO VJP, case run/resume."""
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +10,8 @@ from zosci.cfd.adapt import AdaptationLoss, Interpolator, MeshModes, adam_step, 
 from zosci.audit import reference_vjp
 from zosci.cli import main
 from zosci.hybrid import BlackBox
-from zosci.runs import KILL_ENV
 
+from resume import killed_and_resumed
 from shared_data import MESHES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -187,13 +185,7 @@ def test_killed_run_resumes_to_identical_metrics(tmp_path):
         p.write_text(CASE.format(output=(tmp_path / out).as_posix()))
         return p
 
-    assert main(["run", str(case("full"))]) == 0
-    (full,) = (tmp_path / "full").iterdir()
-    proc = subprocess.run([sys.executable, "-m", "zosci", "run", str(case("killed"))], cwd=ROOT,
-                          env={**os.environ, KILL_ENV: "3"}, capture_output=True, text=True)
-    assert proc.returncode == 137, proc.stderr[-2000:]
-    (killed,) = (tmp_path / "killed").iterdir()
-    assert main(["run", "--resume", str(killed)]) == 0
+    full, killed = killed_and_resumed(case, tmp_path, 3)
     assert (killed / "metrics.csv").read_text() == (full / "metrics.csv").read_text()
     assert len((full / "metrics.csv").read_text().splitlines()) == 1 + 4 + 1
     for png in ("loss", "mesh_before", "mesh_after", "field_fine"):

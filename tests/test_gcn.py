@@ -1,18 +1,15 @@
 """CFD-GCN: model shapes, exact upsampling of linear fields, cached/resumable data, ZO training, the case."""
 import csv
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from resume import killed_and_resumed
 
 from zosci.cli import main
 from zosci.cfd.dataset import generate, grid
 from zosci.cfd.gcn import CFDGCN, Upsampler, node_features
-from zosci.runs import KILL_ENV
 from zosci.solvers import PotentialFlow, mesh_to_graph, naca_mesh
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -156,13 +153,7 @@ def losses(run_dir):
 
 @pytest.mark.slow
 def test_case_kill_and_resume_matches_uninterrupted(tmp_path):
-    assert main(["run", str(write_case(tmp_path, "full"))]) == 0
-    (full,) = (tmp_path / "full").iterdir()
+    # dies after logging epoch 2; the checkpoint is at epoch 1
+    full, killed = killed_and_resumed(lambda name: write_case(tmp_path, name), tmp_path, 2)
     assert (full / "loss.png").stat().st_size > 1000 and (full / "cp_test.png").exists()
-    env = {**os.environ, KILL_ENV: "2"}  # dies after logging epoch 2; the checkpoint is at epoch 1
-    proc = subprocess.run([sys.executable, "-m", "zosci", "run", str(write_case(tmp_path, "killed"))],
-                          env=env, capture_output=True, text=True, cwd=ROOT)
-    assert proc.returncode == 137, proc.stderr
-    (killed,) = (tmp_path / "killed").iterdir()
-    assert main(["run", "--resume", str(killed)]) == 0
     assert losses(killed) == losses(full) and len(losses(full)) == 3

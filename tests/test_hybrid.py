@@ -197,8 +197,8 @@ def test_jacobian_model_keeps_the_estimate_unbiased_and_cuts_its_variance():
     J = torch.autograd.functional.jacobian(net, x)
     noise = torch.randn(J.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     models = {"none": None,
-              "wrong": lambda x_, v: (0.3 * J + noise) @ v,
-              "good": lambda x_, v: (J + 0.01 * J.norm() * noise / noise.norm()) @ v}
+              "wrong": lambda x_, y_: (lambda v: (0.3 * J + noise) @ v),
+              "good": lambda x_, y_: (lambda v: (J + 0.01 * J.norm() * noise / noise.norm()) @ v)}
     stats = {}
     for name, model in models.items():
         box = zosci.BlackBox(net, sampler="gaussian", estimator="central", queries=4, mu=1e-5,

@@ -155,3 +155,61 @@ def test_graph():
     assert int(g.is_airfoil.sum()) == len(m.marker_nodes("airfoil"))
     assert int(g.is_farfield.sum()) == len(m.marker_nodes("farfield"))
     assert not bool((g.is_airfoil & g.is_farfield).any())
+
+
+def _push_across(points, triangles, node):
+    """Coordinates with `node` mirrored across the opposite edge of its first cell (which inverts it)."""
+    cell = int(np.flatnonzero((triangles == node).any(axis=1))[0])
+    a, b = (points[i] for i in triangles[cell] if i != node)
+    d = (b - a) / np.linalg.norm(b - a)
+    p = points[node] - a
+    moved = points.copy()
+    moved[node] = a + 2 * (p @ d) * d - p
+    return moved, cell
+
+
+def _rewrite_su2_node(src, dst, node, xy):
+    """Copy an SU2 file, replacing the coordinates of one node (quads and markers untouched)."""
+    lines = open(src).read().splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.strip().upper().startswith("NPOIN"))
+    lines[start + 1 + node] = f"{xy[0]:.17g} {xy[1]:.17g} {node}"
+    open(dst, "w").write("\n".join(lines) + "\n")
+
+
+def test_inverted_cell_in_file_is_refused(tmp_path):
+    """A node pushed across the opposite edge of one of its cells: the read names an inverted cell of that node."""
+    m = naca_mesh("2412", n_airfoil=20, radius=5)
+    m.write_su2(tmp_path / "ok.su2")
+    node = int(np.flatnonzero(m.node_type() == 0)[len(m.points) // 3])
+    moved, cell = _push_across(m.points, m.triangles, node)
+    assert signed_areas(moved, m.triangles)[cell] < 0
+    _rewrite_su2_node(tmp_path / "ok.su2", tmp_path / "bad.su2", node, moved[node])
+    assert len(Mesh.read(tmp_path / "ok.su2").triangles) == len(m.triangles)
+    with pytest.raises(MeshError, match=r"cell \d+ is inverted") as err:
+        Mesh.read(tmp_path / "bad.su2")
+    named = int(str(err.value).split("cell ")[1].split()[0])
+    assert node in m.triangles[named]
+
+
+@needs_meshes
+def test_inverted_cell_in_cfd_gcn_file_is_refused(tmp_path):
+    """The issue's case: NACA0012_coarse (quads and triangles) with one interior node pushed across."""
+    m = Mesh.read(su2("coarse"))
+    node = int(np.flatnonzero(m.node_type() == 0)[100])
+    moved, cell = _push_across(m.points, m.triangles, node)
+    _rewrite_su2_node(su2("coarse"), tmp_path / "bad.su2", node, moved[node])
+    with pytest.raises(MeshError, match=r"cell \d+ is inverted") as err:
+        Mesh.read(tmp_path / "bad.su2")
+    assert str(node) in str(err.value).split("nodes ")[1].split("]")[0]
+
+
+def test_overlapping_cells_are_refused():
+    pts, tri = _square()
+    with pytest.raises(MeshError, match=r"cells \d+ and \d+ overlap"):
+        Mesh.from_cells(pts, np.concatenate([tri, tri[5:6]]))  # one cell listed twice
+    # a fan wound twice around node 0: 7 counter-clockwise cells of 4 pi / 7 each, no edge repeated
+    ang = np.arange(7) * 4 * np.pi / 7
+    ring = np.column_stack([np.cos(ang), np.sin(ang)]) * (1 + 0.1 * np.arange(7))[:, None]
+    fan = np.array([[0, 1 + k, 1 + (k + 1) % 7] for k in range(7)])
+    with pytest.raises(MeshError, match=r"interior node 0 .* sum to 720.0 degrees"):
+        Mesh.from_cells(np.vstack([[0.0, 0.0], ring]), fan)

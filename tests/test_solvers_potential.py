@@ -155,7 +155,8 @@ def test_failures_are_solver_errors():
     s = PotentialFlow(naca_mesh("0012", n_airfoil=20, radius=10))
     with pytest.raises(SolverError, match="subsonic"):
         s.solve(aoa=0.0, mach=1.2)
-    with pytest.raises(SolverError, match="shock too strong|did not converge|vacuum"):
+    with pytest.raises(SolverError, match=r"M=0.75\): no convergence .* \(converged up to M=0\.\d+, where the largest "
+                                          r"cell Mach number is \d\.\d\d\); last failure: .*Newton at M=0\.\d+"):
         s.solve(aoa=10.0, mach=0.75)  # strong shock: beyond the artificial-density full potential
     assert s.solve(aoa=1.0, mach=0.2).cl > 0.1  # still usable
 
@@ -187,7 +188,7 @@ def test_transonic_shock(sym):
     r3 = sym.solve(aoa=2.0, mach=0.3)
     cl3 = r3.cl * math.sqrt(1 - 0.3**2)
     assert 1.0 < rp.cl / (cl3 / math.sqrt(1 - mach**2)) < 1.6
-    assert rp.cd > abs(r3.cd) + 1e-3  # wave drag on top of the discretisation-level subsonic drag
+    assert rp.cd > abs(r3.cd) + 5e-4  # wave drag on top of the discretisation-level subsonic drag
     # upper surface: Cp below the sonic Cp*, then a sharp recompression (shock) back above it
     cp_star = 2 / (gamma * mach**2) * (((2 + (gamma - 1) * mach**2) / (gamma + 1)) ** (gamma / (gamma - 1)) - 1)
     x, cp = _upper_cp(sym.mesh, rp)
@@ -208,3 +209,42 @@ def test_pickle_is_lazy_and_equal(sym):
     assert len(blob_after) == len(blob) and b"dolfinx" not in blob_after
     r2 = pickle.loads(blob_after).solve(aoa=2.0, mach=0.4)
     assert r2.cl == pytest.approx(r1.cl, rel=1e-10) and np.allclose(r2.fields, r1.fields, atol=1e-9)
+
+
+def test_newton_budget_failure_names_stage_and_mach():
+    """A budget too small for the transonic continuation: SolverError naming the stage, the Mach number
+    reached, its peak cell Mach number; the same solver then solves a subsonic case."""
+    s = PotentialFlow(naca_mesh("0012", n_airfoil=20, radius=10), max_newton=6)
+    with pytest.raises(SolverError, match=r"no convergence within max_newton=6 .*converged up to M=0(\.\d+)?, where the "
+                                          r"largest cell Mach number is \d\.\d\d\); last failure: .*Newton at M=0\.\d+"):
+        s.solve(aoa=2.0, mach=0.75)
+    r = s.solve(aoa=2.0, mach=0.4)
+    assert not r.info["transonic"] and 2 <= r.info["newton_iterations"] <= 6
+
+
+def test_newton_on_psi_and_gamma_converges_quadratically(sym):
+    """M=0.5: 3-6 Newton iterations from the M=0 state; Kutta row met to rounding; same answer as a
+    10x tighter tolerance (the stopping rule leaves an error of order step^2)."""
+    r = sym.solve(aoa=3.0, mach=0.5)
+    assert 3 <= r.info["newton_iterations"] <= 6 and abs(r.info["kutta_residual"]) < 1e-12
+    tight = PotentialFlow(sym.mesh, newton_tol=1e-13).solve(aoa=3.0, mach=0.5)
+    assert abs(r.cl - tight.cl) < 1e-10 and np.abs(r.fields - tight.fields).max() < 1e-8
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("code", ["4412", "6412"])
+def test_cambered_fine_mesh_converges(code):
+    """~15k-node gmsh meshes with a sharp TE (~130 airfoil edges): M 0.1-0.5 solve; a cambered airfoil
+    lifts at zero incidence (thin airfoil: Cl(0) = 2 pi * 1.05 deg per % camber ~ 0.46 / 0.69);
+    Cl grows with M at least like Prandtl-Glauert."""
+    s = PotentialFlow(naca_mesh(code, n_airfoil=65, growth=0.045, n_farfield=64))
+    assert 12_000 < len(s.mesh.points) < 18_000 and 128 <= len(s.mesh.boundaries["airfoil"]) <= 136
+    cl0 = s.solve(aoa=0.0).cl
+    thin = 2 * math.pi * math.radians(1.05 * int(code[0]))
+    assert 1.0 < cl0 / thin < 1.25, (cl0, thin)
+    for aoa in (-4.0, 4.0):
+        inc = s.solve(aoa=aoa).cl
+        for mach in (0.1, 0.5):
+            r = s.solve(aoa=aoa, mach=mach)
+            assert abs(r.info["kutta_residual"]) < 1e-10 and np.all(r["rho"] > 0)
+            assert r.cl / inc > 1 / math.sqrt(1 - mach**2) - 1e-3, (aoa, mach, r.cl, inc)

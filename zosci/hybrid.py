@@ -16,10 +16,11 @@ estimator's finite-difference bias (zosci.estimators) and failures (below).
   row. Each row gets its own directions and DAP guide; the queries of all rows
   go to the executor as one batch (the forward's rows too). A row whose forward
   fails raises its QueryError, whose ``rows`` lists every failed row.
-* ``jacobian_model``: a control variate. model(x, v) returns J_model v, a cheap
-  torch approximation of J, linear in v (one row's shapes when batched). ZO
-  then estimates only (J - J_model) v and J_model^T ybar is added exactly
-  (autograd through the model):
+* ``jacobian_model``: a control variate. model(x, y), given the point and the
+  forward's output y = fn(x) (one row's when batched), returns the linear map
+  v -> J_model v: a cheap torch approximation of J. ZO then estimates only
+  (J - J_model) v and J_model^T ybar is added exactly (autograd through the
+  map):
 
       ybar^T J ~ ybar^T J_model + mean_k (ybar . (delta_k - J_model v_k)) v_k,
 
@@ -75,6 +76,7 @@ class JVPCache:
         self.box, self.rows, self.ys, self.args, self.keys = box, rows, ys, args, keys
         self.directions = None  # per row: list of v_k (row-shaped)
         self.residuals = None   # per row: list of delta_k - J_model v_k (output-shaped)
+        self.models = None      # per row: v -> J_model v (jacobian_model only)
         self.infos = None       # per row: zosci.queries.Info
 
     @property
@@ -95,24 +97,30 @@ class JVPCache:
         """ybar^T J (rows stacked when batched), float64 on the CPU."""
         self.compute()
         ybar = cotangent.detach().to("cpu", torch.float64).reshape(len(self.rows), -1)
-        model = self.box.jacobian_model
         out = []
         for b, (row, vs, rs) in enumerate(zip(self.rows, self.directions, self.residuals)):
             weights = [float(ybar[b] @ r.reshape(-1)) / len(rs) for r in rs]
             (g,) = weighted_sum_tensors(vs, weights)
-            if model is not None:
-                g = g + _model_vjp(model, row, ybar[b])
+            if self.models is not None:
+                g = g + _model_vjp(self.models[b], row, ybar[b])
             out.append(g)
         return torch.stack(out)
 
 
-def _model_vjp(model, row: torch.Tensor, ybar: torch.Tensor) -> torch.Tensor:
-    """J_model^T ybar by autograd through v -> model(x, v) (linear in v)."""
+def _model_vjp(jv, row: torch.Tensor, ybar: torch.Tensor) -> torch.Tensor:
+    """J_model^T ybar by autograd through the linear map v -> J_model v."""
     with torch.enable_grad():
         v = torch.zeros_like(row, requires_grad=True)
-        jv = model(row, v)
-        (g,) = torch.autograd.grad(jv, v, ybar.reshape(jv.shape).to(jv.dtype), allow_unused=True)
+        out = jv(v)
+        (g,) = torch.autograd.grad(out, v, ybar.reshape(out.shape).to(out.dtype), allow_unused=True)
     return torch.zeros_like(row) if g is None else g.to(row.dtype)
+
+
+def _residual(jv, q) -> torch.Tensor:
+    """delta - J_model v: what ZO must estimate."""
+    with torch.no_grad():
+        model_jv = jv(q.direction.part(0))
+    return q.delta - _as_tensor(model_jv).reshape(q.delta.shape)
 
 
 class _NoSecondOrder(torch.autograd.Function):
@@ -167,7 +175,7 @@ class BlackBox(torch.nn.Module):
         if not (isinstance(queries, int) and queries >= 1):
             raise ValueError(f"queries: must be a positive integer, got {queries!r}")
         if jacobian_model is not None and not callable(jacobian_model):
-            raise ValueError("jacobian_model: must be a callable model(x, v) -> J_model v, or None")
+            raise ValueError("jacobian_model: must be a callable model(x, y) -> (v -> J_model v), or None")
         self.fn = fn
         self.sampler, self.estimator = get_sampler(sampler), get_estimator(estimator, mu=mu, sequence=sequence)
         self.queries, self.executor, self.on_failure = queries, executor, on_failure
@@ -243,19 +251,14 @@ class BlackBox(torch.nn.Module):
 
         bases = [y if self.estimator.uses_base else None for y in cache.ys]
         infos = run_queries(drawers, batch, bases, self.on_failure)
+        if self.jacobian_model is not None:
+            cache.models = [self.jacobian_model(row, y) for row, y in zip(cache.rows, cache.ys)]
         cache.directions = [[q.direction for q in info.kept] for info in infos]
-        cache.residuals = [[self._residual(row, q) for q in info.kept] for row, info in zip(cache.rows, infos)]
+        cache.residuals = [[q.delta if cache.models is None else _residual(cache.models[b], q) for q in info.kept]
+                           for b, info in enumerate(infos)]
         cache.infos = infos
         self.evaluations += cache.evaluations
         self.failed += cache.failed
-
-    def _residual(self, row: torch.Tensor, q) -> torch.Tensor:
-        """delta - J_model v: what ZO must estimate."""
-        if self.jacobian_model is None:
-            return q.delta
-        with torch.no_grad():
-            model_jv = self.jacobian_model(row, q.direction.part(0))
-        return q.delta - _as_tensor(model_jv).reshape(q.delta.shape)
 
     def _remember(self, cache: JVPCache, g: torch.Tensor) -> None:
         if self.sampler.needs_guide:

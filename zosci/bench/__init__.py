@@ -7,6 +7,7 @@ BENCHMARKS = {
     "estimators": "synthetic studies of the samplers and estimators (Ma & Huang 2025)",
     "solvers": "time per solve, wrapper overhead, parallel speedup of the CFD solvers",
     "hybrid": "gradient audit through the solver and mesh adaptation against CMA-ES / Powell / FD",
+    "mesh": "the DAP paper's Poisson mesh problem: hybrid vs plain ZO vs exact gradient at equal solver calls",
     "cfd_gcn": "CFD-GCN test MSE with and without the solver, fixed vs ZO-adapted mesh",
     "llm": "quantized LLM fine-tuning: accuracy, memory and step time of MeZO / QZO / HoZO",
 }

@@ -1,6 +1,6 @@
 """Hybrid ZO through a CFD solver: VJP audit and mesh adaptation at equal solver-call budgets.
 
-    python -m zosci.bench hybrid [--quick] [--budget N] [--modes K] [--floor-budget N] [--section PATH]
+    python -m zosci.bench hybrid [--quick] [--budget N] [--modes K] [--floor-budget N] [--section PATH] [--batched]
 
 Meshes: the CFD-GCN NACA0012 xcoarse (coarse, moved) and fine (target) meshes,
 potential flow at the subsonic conditions (aoa 2, M 0.3) and (aoa -4, M 0.2),
@@ -19,6 +19,9 @@ uses the same theta space, feasibility test and solver-call budget.
 3. Floor (--floor-budget N): ZO gaussian and CMA-ES (its better sigma0 in 2.) again with N solver calls, so that
    the target can be read against the lowest loss any run found (if that is above half of
    CMA-ES's loss at the budget, no method tried reaches the target).
+4. Batched (--batched, alone): the batched BlackBox against one box per row and one unbatched box
+   over the whole batch, at equal solver calls, and its backward's wall time on 1 and 2 workers
+   (zosci.bench.batched).
 --modes K sets the theta space (2K entries; up to the number of movable nodes - 1, which is the
 full node space).
 """
@@ -31,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..adapt import AdaptationLoss, MeshModes, adam_step, backtrack, feasible, fine_targets
+from ..cfd.adapt import AdaptationLoss, MeshModes, adam_step, backtrack, feasible, fine_targets
 from ..audit import audit, reference_vjp
 
 MESHES = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "meshes"
@@ -167,6 +170,22 @@ def measure(ctx, name, fn):
     return final, calls, sec, ctx[3].area_ratio(theta), ctx[3].min_angle(theta)
 
 
+def batched_section(args):
+    from . import batched
+
+    ctx = setup(args.modes)
+    queries, trials = ((8,), 2) if args.quick else ((8, 32), 4)
+    t0 = time.time()
+    accuracy, timing = batched.run(ctx[4], ctx[3], queries=queries, trials=trials)
+    text = (f"### 4. Batched BlackBox ({len(batched.CONDITIONS)} conditions {batched.CONDITIONS}, theta dim "
+            f"{ctx[3].dim}, reference: central differences, {trials} trials)\n\n{accuracy}\n\n{timing}\n\n"
+            f"({time.time() - t0:.0f} s)\n")
+    print(text, flush=True)
+    if args.section:
+        Path(args.section).write_text(text)
+    return 0
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m zosci.bench hybrid", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="small budget and fewer audit trials (~2 min)")
@@ -175,7 +194,11 @@ def main(argv=None):
     p.add_argument("--floor-budget", type=int, default=0,
                    help="also run ZO gaussian and CMA-ES with this many solver calls (section 3; 0: skip)")
     p.add_argument("--section", default=None, help="also write the results as a markdown section to this file")
+    p.add_argument("--batched", action="store_true",
+                   help="run only section 4: the batched BlackBox against one box per row (zosci.bench.batched)")
     args = p.parse_args(argv)
+    if args.batched:
+        return batched_section(args)
     budget = args.budget or (120 if args.quick else 400)
     queries, trials = ((4, 16), 3) if args.quick else ((4, 16, 32), 6)
     t0 = time.time()
