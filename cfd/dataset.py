@@ -16,8 +16,10 @@ potential solver rejects) are listed in FlowDataset.failed and left out.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -52,11 +54,13 @@ def grid(machs, aoa_step: float = 1.0, aoa=(-10.0, 10.0)) -> np.ndarray:
 
 
 def cache_key(mesh, solver) -> str:
-    """The folder of one mesh and solver class; files in it are named by condition."""
+    """The folder of one mesh, solver class and solver source (a changed solver never reuses old
+    solutions); files in it are named by condition."""
     h = hashlib.sha1()
     for arr in (mesh.points, mesh.triangles):
         h.update(np.ascontiguousarray(arr).tobytes())
     h.update(type(solver).__name__.encode())
+    h.update(inspect.getsource(sys.modules[type(solver).__module__]).encode())
     return h.hexdigest()[:16]
 
 

@@ -12,6 +12,7 @@ Plots: loss.png and accuracy.png in the run folder.
 """
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import torch
@@ -27,7 +28,7 @@ from .memory import weight_bytes
 from .methods import METHODS, build, float_params
 from .models import TASKS, load
 from .quant import quantize, scales
-from .train import evaluate, forward_passes, prototype_head, train_step
+from .train import calibrate_head, evaluate, forward_passes, prototype_head, train_step
 
 SCHEMA = Schema({
     "model": {
@@ -36,7 +37,10 @@ SCHEMA = Schema({
         "bits": Field(int, 4, choices=[0, 4, 8], doc="weight quantization of the Linear layers; 0 = float"),
         "group_size": Field(int, 64, choices=[32, 64, 128], doc="inputs per quantization scale"),
         "head_init": Field(str, "prototype", choices=["random", "prototype"],
-                           doc="new classification head: seeded random, or class means of the k-shot features"),
+                           doc="new classification head: seeded random, or class means of the k-shot features "
+                               "of the (quantized) model that is trained"),
+        "head_scale": Field(float, 0.0, min=0, doc="prototype head's logit scale (inverse temperature); 0 = the "
+                                                    "one minimising the cross entropy on data.dev_size dev sentences"),
         "max_length": Field(int, 64, min=8, doc="tokens per prompt (truncation)"),
     },
     "data": {
@@ -46,6 +50,7 @@ SCHEMA = Schema({
         "batch_size": Field(int, 16, min=1, doc="minibatch size"),
         "eval_split": Field(str, "test", choices=list(D.SPLITS), doc="split evaluated every eval_every steps"),
         "eval_limit": Field(int, 0, min=0, doc="evaluate on the first N sentences only; 0 = all"),
+        "dev_size": Field(int, 500, min=1, doc="dev.tsv sentences (seeded sample) that fit the head's scale"),
     },
     "method": {
         "name": Field(str, "hozo", choices=list(METHODS), doc="mezo (float weights), qzo / hozo (scales), "
@@ -55,9 +60,12 @@ SCHEMA = Schema({
         "momentum": Field(float, 0.0, min=0, max=1, max_exclusive=True, doc="sgd momentum"),
         "mu": Field(float, 1e-2, min=0, min_exclusive=True, doc="ZO perturbation size"),
         "sampler": Field(str, "gaussian", choices=sorted(SAMPLERS), doc="ZO direction sampler"),
-        "estimator": Field(str, "forward", choices=sorted(ESTIMATORS), doc="ZO estimator"),
+        "estimator": Field(str, "central", choices=sorted(ESTIMATORS),
+                           doc="ZO estimator; central = two-sided (MeZO's +mu, -2 mu, +mu)"),
         "queries": Field(int, 1, min=1, doc="ZO directions per step"),
         "clip": Field(float, 0.0, min=0, doc="clip the directional derivative to [-clip, clip]; 0 = off"),
+        "sparse_embeddings": Field(bool, True, doc="mezo: perturb only the embedding rows each batch reads "
+                                                   "(where valid: untied embeddings, sgd, no momentum)"),
     },
     "train": {
         "steps": Field(int, 200, min=1, doc="optimizer steps"),
@@ -77,20 +85,23 @@ def data_root(root: str) -> Path:
 def check(config):
     root = data_root(config["data"]["root"])
     if not (root / "train.tsv").is_file():
-        raise ConfigError(f"data.root: no train.tsv in {str(root)!r}; point it at the GLUE SST-2 folder")
+        raise ConfigError(f"data.root: no train.tsv in {str(root)!r}; point it at a folder holding SST-2 as "
+                          f"train/dev/test.tsv (GLUE's SST-2, gluebenchmark.com; see the README's Data section)")
     m = config["method"]["name"]
     if m in ("qzo", "hozo") and config["model"]["bits"] == 0:
         raise ConfigError(f"model.bits: method {m!r} perturbs quantization scales; set bits = 4 or 8")
 
 
-def build_model(cfg: dict, seed: int, train):
-    """The model of cfg (loaded, head initialised, quantized) and the tensors a checkpoint must hold."""
+def build_model(cfg: dict, seed: int, train, dev):
+    """The model of cfg (loaded, quantized, head initialised on it) and the tensors a checkpoint must hold."""
     mc, method = cfg["model"], cfg["method"]["name"]
     model = load(mc["path"], task=mc["task"], seed=seed, max_length=mc["max_length"])
-    if mc["task"] == "sequence-classification" and mc["head_init"] == "prototype":
-        prototype_head(model, train)
     if mc["bits"]:
         quantize(model, bits=mc["bits"], group_size=mc["group_size"])
+    if mc["task"] == "sequence-classification" and mc["head_init"] == "prototype":
+        prototype_head(model, train, scale=mc["head_scale"] or 1.0)
+        if not mc["head_scale"]:
+            calibrate_head(model, dev)
     trained = scales(model) if method in ("qzo", "hozo") else float_params(model)
     return model, trained
 
@@ -102,6 +113,8 @@ def make_optimizer(model, mc: dict, seed: int):
                      momentum=mc["momentum"])
     kwargs = dict(lr=mc["lr"], mu=mc["mu"], sampler=mc["sampler"], estimator=mc["estimator"],
                   queries=mc["queries"], optimizer=mc["optimizer"], seed=seed, momentum=mc["momentum"])
+    if name == "mezo":
+        kwargs["sparse_embeddings"] = None if mc["sparse_embeddings"] else False
     if name in ("qzo", "hozo"):
         kwargs["clip"] = mc["clip"] or None
     return build(name, model, **kwargs)
@@ -114,7 +127,9 @@ def run(run):
     train = D.few_shot(D.load_sst2(root, "train"), dc["k"], seed)
     evalset = D.load_sst2(root, dc["eval_split"])
     evalset = evalset[:dc["eval_limit"]] if dc["eval_limit"] else evalset
-    model, trained = build_model(cfg, seed, train)
+    dev_all = D.load_sst2(root, "dev")
+    dev = random.Random(1000 + seed).sample(dev_all, min(dc["dev_size"], len(dev_all)))
+    model, trained = build_model(cfg, seed, train, dev)
     opt = make_optimizer(model, cfg["method"], seed)
     batches = D.Batches(train, dc["batch_size"], seed)
     # MeZO checkpoints its seeds: each step's (seed, [(query, delta)]), replayed on the initial weights;

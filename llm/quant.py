@@ -89,6 +89,8 @@ def head_names(model: nn.Module) -> set[str]:
     prefix = "hf." if hf is not model else ""
     get_out = getattr(hf, "get_output_embeddings", None)
     out = get_out() if get_out is not None else None
+    if isinstance(getattr(model, "head", None), nn.Module):  # LM's head on pooled sentence features
+        names.add("head")
     for name, module in hf.named_modules():
         leaf = name.rsplit(".", 1)[-1]
         if module is out or leaf in ("classifier", "score", "lm_head", "decoder", "out_proj") \

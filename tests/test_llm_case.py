@@ -22,22 +22,24 @@ def _tsv(path, rows):
 def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("case")
     model = llm.models.random_model(tmp / "bert", "bert", "tiny")
+    from test_llm_features import st_folder
+    st = st_folder(tmp / "st", {"pooling_mode": "mean"}, normalize=True)  # sequence classification, sparse MeZO
     words = ["great fun", "awful", "moving and wonderful", "dull", "a delight", "tedious mess"]
     rows = [(f"{w} {i}", int(j % 2 == 0)) for i in range(4) for j, w in enumerate(words)]
     data = tmp / "sst2"
     data.mkdir()
     for split in ("train", "dev", "test"):
         _tsv(data / f"{split}.tsv", rows)
-    return tmp, model, data
+    return tmp, {"masked-lm": model, "sequence-classification": st}, data
 
 
-def _case(tmp, model, data, method="hozo", bits=4):
+def _case(tmp, models, data, method="hozo", bits=4, task="masked-lm"):
     text = f"""kind = "llm_finetune"
 name = "tiny-{method}"
 output = "{tmp / 'runs'}"
 [model]
-path = "{model}"
-task = "masked-lm"
+path = "{models[task]}"
+task = "{task}"
 bits = {bits}
 [data]
 root = "{data}"
@@ -52,7 +54,7 @@ steps = 6
 eval_every = 2
 checkpoint_every = 2
 """
-    path = tmp / f"{method}.toml"
+    path = tmp / f"{method}-{task}.toml"
     path.write_text(text)
     return path
 
@@ -67,11 +69,14 @@ def _run_dir(out):
     return Path(line.split(":", 1)[1].strip().split(" (")[0])
 
 
-@pytest.mark.parametrize("method", ["hozo", "mezo"])
-def test_kill_and_resume_equals_uninterrupted(setup, method):
-    """QZO/HoZO checkpoint their scales; MeZO checkpoints seeds and replays them."""
+@pytest.mark.slow
+@pytest.mark.parametrize("method,task", [("hozo", "masked-lm"), ("mezo", "masked-lm"),
+                                         ("mezo", "sequence-classification")])
+def test_kill_and_resume_equals_uninterrupted(setup, method, task):
+    """QZO/HoZO checkpoint their scales; MeZO checkpoints seeds (and, with sparse embeddings, the rows
+    each step read) and replays them."""
     tmp, model, data = setup
-    case = _case(tmp, model, data, method=method, bits=4 if method == "hozo" else 0)
+    case = _case(tmp, model, data, method=method, bits=4 if method == "hozo" else 0, task=task)
     full = _zosci("run", case)
     assert full.returncode == 0, full.stderr[-2000:]
     full_dir = _run_dir(full.stdout)
@@ -86,6 +91,7 @@ def test_kill_and_resume_equals_uninterrupted(setup, method):
     b = torch.load(killed_dir / "checkpoints" / "last.pt", weights_only=False)["state"]
     if method == "mezo":
         assert "trained" not in a and len(a["records"]) == 6 and a["records"] == b["records"]
+        assert all(len(r) == (3 if task == "sequence-classification" else 2) for r in a["records"])
     else:
         assert all(torch.equal(x, y) for x, y in zip(a[key], b[key]))
     assert (full_dir / "loss.png").is_file() and (full_dir / "accuracy.png").is_file()

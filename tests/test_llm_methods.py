@@ -46,7 +46,7 @@ class _Record(list):
 @pytest.mark.parametrize("method", ["mezo", "qzo", "hozo"])
 def test_forward_step_calls_closure_twice_and_restores_bit_for_bit(folders, method):
     model = _model(folders, bits=None if method == "mezo" else 4)
-    opt = llm.build(method, model, lr=0.0, mu=1e-2)
+    opt = llm.build(method, model, lr=0.0, mu=1e-2, estimator="forward")
     params = [p for g in opt.param_groups for p in g["params"]]
     before = [p.detach().clone() for p in params]
     record = _Record(params)
@@ -57,6 +57,24 @@ def test_forward_step_calls_closure_twice_and_restores_bit_for_bit(folders, meth
     assert all(torch.equal(a, b) for a, b in zip(record[0], before))  # f(x) at the unperturbed weights
     assert any(not torch.equal(a, b) for a, b in zip(record[1], before))  # then a perturbed point
     assert all(torch.equal(p, b) for p, b in zip(params, before))  # lr = 0: restored exactly
+
+
+@pytest.mark.parametrize("method", ["mezo", "qzo"])
+def test_two_sided_is_the_default_of_mezo_and_qzo(folders, method):
+    """MeZO's and QZO's estimator: (f(x + mu v) - f(x - mu v)) / (2 mu), two closure calls, no f(x)."""
+    model = _model(folders, bits=None if method == "mezo" else 4)
+    opt = llm.build(method, model, lr=0.0, mu=1e-2)
+    assert opt.estimator.name == "central"
+    params = [p for g in opt.param_groups for p in g["params"]]
+    before = [p.detach().clone() for p in params]
+    record = _Record(params)
+    closure, calls = _counting_closure(model, record)
+    opt.step(closure)
+    assert len(calls) == 2
+    plus = torch.cat([(a - b).view(-1) for a, b in zip(record[0], before)])
+    minus = torch.cat([(a - b).view(-1) for a, b in zip(record[1], before)])
+    assert float(plus.abs().max()) > 0 and torch.allclose(plus, -minus, atol=1e-6)
+    assert all(torch.equal(p, b) for p, b in zip(params, before))
 
 
 @pytest.mark.parametrize("method,manifold", [("qzo", "euclidean"), ("hozo", "orthant"), ("mezo", "euclidean")])

@@ -1,27 +1,38 @@
-"""Benchmark: quantized zeroth-order fine-tuning (MeZO, QZO, HoZO) against backprop.
+"""Benchmark: zeroth-order fine-tuning of MiniLM-L6 on SST-2 (MeZO, QZO, HoZO) against backprop.
 
-    python -m zosci.bench llm [--passes 200] [--quick] [--device cpu|cuda] [--model-config minilm|opt-1.3b]
+    python -m zosci.bench llm [--protocol A B] [--steps 300] [--tune] [--quick] [--device cpu|cuda]
 
-(1) accuracy on SST-2 test after the same number of forward passes (a ZO
-    step with the forward estimator = 2 passes; a backprop step = 1 pass, its
-    backward not counted), from the same start: the MiniLM-L6 checkpoint with a
-    prototype head built from the 16-shot features (the checkpoint has no
-    classifier); "zero-shot" rows are that start, before any step;
-(2) peak memory of one step against inference (llm.memory.peak_memory: glibc
-    heap in use sampled after every aten op, plus the weights' bytes), and
-    weight bytes int4 / fp32;
-(3) time of a ZO step over one forward pass (median of repeats).
-With --device cuda --model-config opt-1.3b, (2) and (3) run on a randomly
-initialised OPT-1.3B-sized causal LM (no accuracy).
+(1) Accuracy and loss on the 872 SST-2 test sentences, mean +- std over seeds,
+    for two protocols (hyper-parameters chosen on dev sentences only):
+    A = MeZO's few-shot protocol, k = 16 per class from train.tsv, seeds 0-4;
+    B = ZO-Bench's, 1000 train sentences, seeds 0-2.
+    Each seed draws its train set and 500 dev sentences from dev.tsv.
+    Start (every row begins there): the checkpoint's pooled features (its
+    sentence-transformers pooling), a prototype head fitted on the train
+    features of the model that is trained (fp32, or after int4 quantization),
+    then scaled by the s minimising the dev cross entropy (temperature
+    scaling); its train loss is printed to show it is not saturated.
+    Rows: the start; a linear probe (head by L-BFGS on frozen features, weight
+    decay chosen on dev); first-order full fine-tuning (Adam, fp32); MeZO fp32,
+    QZO int4, HoZO int4, HoZO int4 + DAP, all two-sided (2 forwards a step) with
+    the same number of steps. ``--tune`` first picks each method's lr on
+    protocol B seed 0 by the final dev loss. Train-loss curves (minibatch loss,
+    10-step mean; PNG) go to --plots. ``--rows``/``--seed-list``/``--json`` split a
+    run over processes; ``--merge`` reports the union of their seeds.
+(2) Time of a step against a forward at batch 16 (median, interleaved), where
+    a MeZO step's time goes (noise, moving weights, forwards), the estimate's
+    delta and ||v||^2 for dense and sparse embeddings, and peak memory of a
+    step against inference (llm.memory.peak_memory).
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
+import random
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,165 +42,429 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from zosci import llm  # noqa: E402
 from zosci.llm.case import data_root  # noqa: E402
-from zosci.llm.train import forward_passes, prototype_head  # noqa: E402
+from zosci.llm.train import (calibrate_head, fit_head, forward_passes, prototype_head,  # noqa: E402
+                             sentence_features)
+from zosci.plots import line_plot  # noqa: E402
+from zosci.samplers import get_sampler  # noqa: E402
 
-HYPER = {  # the shipped cases' settings
-    "mezo": dict(lr=1e-4, mu=1e-3),
-    "qzo": dict(lr=1e-6, mu=2e-4, clip=100.0),  # dev-tuned: 1e-4 diverges, 1e-5 raises dev loss
-    "hozo": dict(lr=5e-2, mu=1e-2),
-    "first-order": dict(lr=1e-4),
+METHODS = {  # row -> (llm method, bits, options); lr from HYPER
+    "first-order fp32": ("first-order", 0, {}),
+    "MeZO fp32": ("mezo", 0, {}),
+    "QZO int4": ("qzo", 4, {"clip": 100.0}),
+    "HoZO int4": ("hozo", 4, {}),
+    "HoZO int4 + DAP": ("hozo", 4, {"sampler": "dap"}),
 }
+HYPER = {  # lr (chosen on dev by --tune, see BENCHMARKS.md; first-order not tuned), mu; two-sided, batch 16
+    "first-order fp32": dict(lr=1e-5),
+    "MeZO fp32": dict(lr=3e-5, mu=1e-3),
+    "QZO int4": dict(lr=3e-6, mu=1e-3),
+    "HoZO int4": dict(lr=1e-2, mu=1e-2),
+    "HoZO int4 + DAP": dict(lr=1e-2, mu=1e-2),
+}
+GRID = {"first-order fp32": [3e-6, 1e-5, 3e-5], "MeZO fp32": [3e-5, 1e-4, 3e-4],
+        "QZO int4": [1e-6, 3e-6, 1e-5], "HoZO int4": [1e-2, 3e-2, 1e-1], "HoZO int4 + DAP": [1e-2, 3e-2, 1e-1]}
+PROTOCOLS = {"A": dict(k=16, seeds=[0, 1, 2, 3, 4]), "B": dict(n=1000, seeds=[0, 1, 2])}
+WEIGHT_DECAYS = [0.0, 1e-4, 1e-3, 1e-2, 1e-1]
+DEV_SIZE = 500
 
 
-def _to(batch, device):
-    return {k: v.to(device) for k, v in batch.items()}
+def protocol_data(root: Path, protocol: str, seed: int, train_all, dev_all):
+    """(train, dev) of one seed: k-shot (A) or n sentences (B) from train.tsv; 500 dev sentences."""
+    p = PROTOCOLS[protocol]
+    train = llm.few_shot(train_all, p["k"], seed) if "k" in p else random.Random(seed).sample(train_all, p["n"])
+    return train, random.Random(1000 + seed).sample(dev_all, DEV_SIZE)
 
 
-def _timed(fn, repeats):
-    fn()  # warm up
-    out = []
-    for _ in range(repeats):
+def start_model(base, bits: int, train, dev, device):
+    """The start: base (quantized when bits), prototype head on its train features, dev-calibrated scale.
+    Returns (model, {'scale', 'train_loss'}, (train, dev) features)."""
+    model = copy.deepcopy(base)
+    if bits:
+        llm.quantize(model, bits=bits, group_size=64)
+    model.to(device)
+    h_train, h_dev = sentence_features(model, train), sentence_features(model, dev)
+    prototype_head(model, train, scale=1.0, features=h_train)
+    scale = calibrate_head(model, dev, features=h_dev)
+    head = model.head_layer()
+    y = torch.tensor([lab for _, lab in train])
+    with torch.no_grad():
+        train_loss = float(torch.nn.functional.cross_entropy(head(h_train.to(head.weight.device)).float().cpu(), y))
+    return model, {"scale": scale, "train_loss": train_loss}, (h_train, h_dev)
+
+
+def head_eval(model, features, examples) -> dict:
+    head = model.head_layer()
+    with torch.no_grad():
+        logits = head(features.to(head.weight.device)).float().cpu()
+    y = torch.tensor([lab for _, lab in examples])
+    return {"accuracy": float((logits.argmax(1) == y).float().mean()),
+            "loss": float(torch.nn.functional.cross_entropy(logits, y))}
+
+
+def linear_probe(start, feats, train, dev):
+    """Head fitted by L-BFGS on frozen features; weight decay chosen by dev loss."""
+    (h_train, h_dev), y = feats, torch.tensor([lab for _, lab in train])
+    best = None
+    for wd in WEIGHT_DECAYS:
+        model = copy.deepcopy(start)
+        fit_head(model, h_train, y, weight_decay=wd)
+        loss = head_eval(model, h_dev, dev)["loss"]
+        if best is None or loss < best[0]:
+            best = (loss, wd, model)
+    return best[2], best[1]
+
+
+def fine_tune(start, row: str, lr: float, train, steps: int, batch_size: int, seed: int):
+    """Train a copy of start with row's method; returns (model, seconds, forward passes, train-loss curve)."""
+    method, _, options = METHODS[row]
+    model = copy.deepcopy(start)
+    hyper = {**HYPER[row], **options, "lr": lr}
+    opt = llm.build(method, model, **hyper, **({} if method == "first-order" else {"seed": seed}))
+    batches = llm.Batches(train, batch_size, seed)
+    curve, passes, seconds = [], 0, 0.0
+    for _ in llm.train.tqdm(range(steps), desc=f"{row} lr {lr:g}", leave=False):
+        sentences, labels = batches.next()
         t = time.perf_counter()
+        curve.append(llm.train_step(model, opt, sentences, labels))
+        seconds += time.perf_counter() - t
+        passes += forward_passes(opt)
+    if method == "first-order":
+        for p in llm.float_params(model):
+            p.requires_grad_(False)
+    return model, seconds, passes, curve
+
+
+def smooth(curve, window: int = 10):
+    """(steps, moving average of the minibatch losses over `window` steps)."""
+    out = [sum(curve[max(0, i - window + 1):i + 1]) / len(curve[max(0, i - window + 1):i + 1])
+           for i in range(len(curve))]
+    return list(range(1, len(curve) + 1)), out
+
+
+def tune(args, root, train_all, dev_all, base):
+    """lr of each method: the grid value with the lowest final dev loss, protocol B seed 0."""
+    train, dev = protocol_data(root, "B", 0, train_all, dev_all)
+    starts = {bits: start_model(base, bits, train, dev, args.device)[0] for bits in (0, 4)}
+    table, chosen = [], {}
+    for row in args.tune_rows or list(METHODS):
+        bits, curves = METHODS[row][1], {}
+        start_loss = llm.evaluate(starts[bits], dev)["loss"]
+        for lr in GRID[row]:
+            model, _, _, curve = fine_tune(starts[bits], row, lr, train, args.tune_steps or args.steps,
+                                           args.batch_size, 0)
+            ev = llm.evaluate(model, dev)
+            table.append((row, lr, ev["accuracy"], ev["loss"], start_loss))
+            print(f"[tune] {row} lr {lr:g}: dev {ev['accuracy']:.4f} / {ev['loss']:.4f} (start loss "
+                  f"{start_loss:.4f})", flush=True)
+            curves[f"lr {lr:g}"] = smooth(curve)
+            if row not in chosen or ev["loss"] < chosen[row][1]:
+                chosen[row] = (lr, ev["loss"])
+        if args.plots:
+            line_plot(Path(args.plots) / f"tune_{row.replace(' ', '_').replace('+', 'plus')}.png", curves,
+                      xlabel="step", ylabel="train minibatch loss (10-step mean)",
+                      title=f"{row}: lr grid (protocol B, seed 0)")
+    return {**{row: h["lr"] for row, h in HYPER.items()}, **{row: lr for row, (lr, _) in chosen.items()}}, table
+
+
+def run_protocol(args, protocol, root, train_all, dev_all, test, base, lrs):
+    """{row: [per-seed result dicts]} for one protocol."""
+    results: dict[str, list] = {}
+    curves: dict[str, dict] = {}
+    rows = args.rows or ["start", "linear probe fp32", *METHODS]
+    for seed in (args.seed_list or PROTOCOLS[protocol]["seeds"][:args.seeds]):
+        if args.deadline and time.perf_counter() - args.t0 > args.deadline and results:
+            print(f"[{protocol}] deadline reached: seeds after {seed - 1} skipped", flush=True)
+            break
+        train, dev = protocol_data(root, protocol, seed, train_all, dev_all)
+        starts = {}
+        needed = {0, 4} if {"start", "linear probe fp32"} & set(rows) else {METHODS[r][1] for r in rows if r in METHODS}
+        for bits in sorted(needed):
+            model, info, feats = start_model(base, bits, train, dev, args.device)
+            starts[bits] = model
+            name = f"start (prototype head) {'int4' if bits else 'fp32'}"
+            h_test = sentence_features(model, test) if {"start", "linear probe fp32"} & set(rows) else None
+            if "start" in rows:
+                results.setdefault(name, []).append({**head_eval(model, h_test, test), **info, "seconds": 0.0,
+                                                     "passes": 0, "steps": 0})
+            if not bits and "linear probe fp32" in rows:
+                t = time.perf_counter()
+                probe, wd = linear_probe(model, feats, train, dev)
+                results.setdefault("linear probe fp32", []).append(
+                    {**head_eval(probe, h_test, test), "seconds": time.perf_counter() - t, "passes": 0,
+                     "steps": 0, "weight_decay": wd})
+        for row in [r for r in METHODS if r in rows]:
+            bits = METHODS[row][1]
+            model, seconds, passes, curve = fine_tune(starts[bits], row, lrs[row], train, args.steps,
+                                                      args.batch_size, seed)
+            results.setdefault(row, []).append({**llm.evaluate(model, test), "seconds": seconds, "passes": passes,
+                                                "steps": args.steps})
+            curves.setdefault(row, {})[f"seed {seed}"] = smooth(curve)
+            results[row][-1]["train_loss_end"] = statistics.mean(curve[-10:])
+            print(f"[{protocol} seed {seed}] {row}: test {results[row][-1]['accuracy']:.4f}", flush=True)
+        if args.json:  # after every seed, so that a stopped run keeps its finished seeds
+            Path(args.json).write_text(json.dumps({"lrs": lrs, "steps": args.steps, "results": {protocol: results}}))
+    if args.plots:
+        for row, series in curves.items():
+            seeds = "".join(name.split()[-1] for name in series)
+            line_plot(Path(args.plots) / f"{protocol}_seeds{seeds}_{row.replace(' ', '_').replace('+', 'plus')}.png",
+                      series,
+                      xlabel="step", ylabel="train minibatch loss (10-step mean)",
+                      title=f"protocol {protocol}: {row}")
+    return results
+
+
+def _ms(values):
+    return (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def accuracy_report(protocol, results, args) -> list[str]:
+    p = PROTOCOLS[protocol]
+    what = f"k = {p['k']} per class" if "k" in p else f"{p['n']} train sentences"
+    n = len(next(iter(results.values())))
+    lines = [f"### Protocol {protocol}: {what}, {n} seeds, {args.steps} steps of batch {args.batch_size} "
+             f"(ZO: {2 * args.steps} forward passes each), test = 872 sentences", "",
+             "| row | accuracy | test loss | row - its start, paired by seed | train time (s) | forward passes | note |",
+             "|---|---|---|---|---|---|---|"]
+    order = ["start (prototype head) fp32", "linear probe fp32", "start (prototype head) int4", *METHODS]
+    results = {row: results[row] for row in sorted(results, key=lambda r: order.index(r) if r in order else 99)}
+    for row, rs in results.items():
+        acc, loss, sec = _ms([r["accuracy"] for r in rs]), _ms([r["loss"] for r in rs]), _ms([r["seconds"] for r in rs])
+        note = ""
+        if "train_loss_end" in rs[0]:
+            note = f"train loss, last 10 steps {_ms([r['train_loss_end'] for r in rs])[0]:.3f}"
+        if "scale" in rs[0]:
+            note = (f"scale {_ms([r['scale'] for r in rs])[0]:.1f}, train loss "
+                    f"{_ms([r['train_loss'] for r in rs])[0]:.3f}")
+        if "weight_decay" in rs[0]:
+            note = "weight decay " + ", ".join(f"{r['weight_decay']:g}" for r in rs)
+        start = results.get("start (prototype head) " + ("int4" if "int4" in row else "fp32"))
+        gain = ""
+        if start and not row.startswith("start"):  # seed i is entry i in every row (seeds run in order)
+            d_acc = _ms([r["accuracy"] - b["accuracy"] for r, b in zip(rs, start)])
+            d_loss = _ms([r["loss"] - b["loss"] for r, b in zip(rs, start)])
+            gain = (f"{d_acc[0]:+.4f} +- {d_acc[1]:.4f}; loss {d_loss[0]:+.4f} +- {d_loss[1]:.4f} "
+                    f"(n {min(len(rs), len(start))})")
+        lines.append(f"| {row} | {acc[0]:.4f} +- {acc[1]:.4f} | {loss[0]:.4f} +- {loss[1]:.4f} | {gain} | "
+                     f"{sec[0]:.1f} | {rs[0]['passes']} | {note} |")
+    lines.append("")
+    per_seed = ["Per seed (accuracy): " + "; ".join(f"{row}: " + " ".join(f"{r['accuracy']:.3f}" for r in rs)
+                                                    for row, rs in results.items()), ""]
+    return lines + per_seed
+
+
+# (2) speed and memory ----------------------------------------------------------------------------------------------
+
+def _interleaved(fns: dict, repeats: int) -> dict:
+    """Median seconds of each fn, calls interleaved round-robin (one warm-up each)."""
+    for fn in fns.values():
         fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        out.append(time.perf_counter() - t)
-    return statistics.median(out)
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def accuracy_table(model_fp32, train, test, passes, batch_size, seed):
-    rows = []
-    int4 = llm.quantize(copy.deepcopy(model_fp32), bits=4, group_size=64)
-    rows.append(("zero-shot fp32", 0, llm.evaluate(model_fp32, test, progress=True)))
-    rows.append(("zero-shot int4", 0, llm.evaluate(int4, test, progress=True)))
-    for method, base in (("mezo", model_fp32), ("qzo", int4), ("hozo", int4), ("first-order", model_fp32)):
-        model = copy.deepcopy(base)
-        opt = llm.build(method, model, **HYPER[method], **({} if method == "first-order" else {"seed": seed}))
-        batches = llm.Batches(train, batch_size, seed)
-        spent, steps = 0, 0
-        t = time.perf_counter()
-        bar = llm.train.tqdm(total=passes, desc=method, leave=False)
-        while spent < passes:
-            sentences, labels = batches.next()
-            llm.train_step(model, opt, sentences, labels)
-            steps += 1
-            spent += forward_passes(opt)
-            bar.update(forward_passes(opt))
-        bar.close()
-        seconds = time.perf_counter() - t
-        label = f"{method} {'int4' if method in ('qzo', 'hozo') else 'fp32'}"
-        rows.append((label, steps, {**llm.evaluate(model, test, progress=True), "seconds": seconds}))
-    return rows
-
-
-def memory_and_speed(model_fp32, sentences, labels, device, repeats):
-    """Peak memory and times of inference, ZO steps and a backprop step."""
+def noise_costs(n: int, repeats: int) -> dict:
+    """Seconds to draw n Gaussian / Rademacher values through the core samplers (one direction, all chunks)."""
+    like = [torch.empty(n)]
     out = {}
-    int4 = llm.quantize(copy.deepcopy(model_fp32), bits=4, group_size=64)
-    out["weights_fp32"] = llm.weight_bytes(model_fp32)
-    out["weights_int4"] = llm.weight_bytes(int4)
-    out["linear_fp32"] = llm.weight_bytes(model_fp32, linear_only=True)
-    out["linear_int4"] = llm.weight_bytes(int4, linear_only=True)
-    labels = labels.to(device)
-    for name, model, method in (("fp32", model_fp32, "mezo"), ("int4", int4, "hozo"), ("int4", int4, "qzo")):
-        batch = _to(model.encode(sentences), device)
-        closure = llm.closure_for(model, batch, labels)
-        opt = llm.build(method, model, **HYPER[method])
-        out[f"infer_{name}"] = llm.peak_memory(closure, model, device)
-        out[f"step_{method}"] = llm.peak_memory(lambda: opt.step(closure), model, device)
-        out[f"t_forward_{name}"] = _timed(closure, repeats)
-        out[f"t_step_{method}"] = _timed(lambda: opt.step(closure), repeats)
-    fo_model = copy.deepcopy(model_fp32)
-    opt = llm.FirstOrder(fo_model, **HYPER["first-order"])
-    batch = _to(fo_model.encode(sentences), device)
+    for name in ("gaussian", "rademacher"):
+        sampler = get_sampler(name)
 
-    def backprop():
-        opt.zero_grad(set_to_none=False)
-        fo_model.loss(batch, labels).backward()
-        opt.step()
-    out["step_first-order"] = llm.peak_memory(backprop, fo_model, device)
-    out["t_step_first-order"] = _timed(backprop, repeats)
+        def draw(sampler=sampler):
+            d = sampler.draw(0, 0, 1, like)
+            for _ in d.chunks(0):
+                pass
+        out[name] = _interleaved({name: draw}, repeats)[name]
     return out
 
 
-def format_report(args, acc, mem, elapsed) -> str:
-    mb = 1e6
-    lines = ["## LLM: quantized zeroth-order fine-tuning (`zosci.llm`)", "",
-             f"Command: `{' '.join(['python -m zosci.bench llm'] + (args.argv or []))}` "
-             f"({args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads; {elapsed:.0f} s).", ""]
-    if acc:
-        lines += [f"### Accuracy on SST-2 {args.eval_split} ({acc[0][2].get('n', '')} sentences), "
-                  f"{args.passes} forward passes, 16-shot, batch {args.batch_size}, seed {args.seed}", "",
-                  "| method | steps | accuracy | test loss | train time (s) |", "|---|---|---|---|---|"]
-        for label, steps, r in acc:
-            lines.append(f"| {label} | {steps} | {r['accuracy']:.4f} | {r['loss']:.4f} | "
-                         f"{r.get('seconds', 0):.1f} |")
-        lines.append("")
-    lines += [f"### Memory and time ({args.model_config}, batch {args.batch_size})", "",
-              f"Weights: fp32 {mem['weights_fp32'] / mb:.1f} MB, int4 {mem['weights_int4'] / mb:.1f} MB "
-              f"(x{mem['weights_int4'] / mem['weights_fp32']:.3f}; embeddings, LayerNorms, biases and the head "
-              f"stay float). Linear weight matrices only: fp32 {mem['linear_fp32'] / mb:.1f} MB, int4 "
-              f"{mem['linear_int4'] / mb:.1f} MB (x{mem['linear_int4'] / mem['linear_fp32']:.3f}; target <= 0.2).",
-              "", "| measurement | peak (MB) | above weights (MB) | x inference | time (ms) | x forward |",
-              "|---|---|---|---|---|---|"]
-    for key, infer, tkey, fkey in (("infer_fp32", "infer_fp32", "t_forward_fp32", "t_forward_fp32"),
-                                   ("step_mezo", "infer_fp32", "t_step_mezo", "t_forward_fp32"),
-                                   ("step_first-order", "infer_fp32", "t_step_first-order", "t_forward_fp32"),
-                                   ("infer_int4", "infer_int4", "t_forward_int4", "t_forward_int4"),
-                                   ("step_qzo", "infer_int4", "t_step_qzo", "t_forward_int4"),
-                                   ("step_hozo", "infer_int4", "t_step_hozo", "t_forward_int4")):
-        m = mem[key]
-        lines.append(f"| {key} | {m['peak'] / mb:.1f} | {m['extra'] / mb:.1f} | {m['peak'] / mem[infer]['peak']:.3f} "
-                     f"| {mem[tkey] * 1e3:.0f} | {mem[tkey] / mem[fkey]:.2f} |")
-    lines += ["", "Targets: ZO step peak <= 1.1x inference; int4 Linear weights <= 0.2x fp32; ZO step time "
-              "<= 2.2x a forward pass.", ""]
+def speed_and_memory(base, train, args) -> dict:
+    sentences = [s for s, _ in train[:args.batch_size]]
+    labels = torch.tensor([y for _, y in train[:args.batch_size]])
+    fp32 = copy.deepcopy(base).to(args.device)
+    int4 = llm.quantize(copy.deepcopy(base), bits=4, group_size=64).to(args.device)
+    out = {"weights_fp32": llm.weight_bytes(fp32), "weights_int4": llm.weight_bytes(int4),
+           "linear_fp32": llm.weight_bytes(fp32, linear_only=True),
+           "linear_int4": llm.weight_bytes(int4, linear_only=True)}
+    c32 = llm.closure_for(fp32, fp32.encode(sentences), labels)
+    c4 = llm.closure_for(int4, int4.encode(sentences), labels)
+    out["used_rows"] = int(torch.unique(c32.input_ids).numel())
+    variants = {  # name -> (closure, optimizer)
+        "MeZO dense gaussian (previous path)": (c32, llm.MeZO(fp32, lr=0.0, sparse_embeddings=False)),
+        "MeZO sparse gaussian": (c32, llm.MeZO(fp32, lr=0.0, sampler="gaussian")),
+        "MeZO sparse rademacher": (c32, llm.MeZO(fp32, lr=0.0, sampler="rademacher")),
+        "QZO int4": (c4, llm.QZO(int4, lr=0.0)),
+        "HoZO int4": (c4, llm.HoZO(int4, lr=0.0)),
+    }
+    out["dims"] = {name: sum(p.numel() for g in opt.param_groups for p in g["params"]) for name, (_, opt) in
+                   variants.items()}
+    fns = {"forward fp32": c32, "forward int4": c4}
+    fns.update({name: (lambda c=c, o=o: o.step(c)) for name, (c, o) in variants.items()})
+    out["times"] = _interleaved(fns, args.repeats)
+    # where a MeZO step goes: two forwards + the rest (noise + moving weights); and the noise alone
+    n_sparse = sum(p.numel() for p in llm.float_params(fp32)) - fp32.hf.get_input_embeddings().weight.numel()
+    out["n_sparse"] = n_sparse + out["used_rows"] * fp32.hf.config.hidden_size
+    out["noise"] = noise_costs(n_sparse, args.repeats)
+    # the estimate: delta^2 and ||v||^2 over repeated steps on one batch (E||g||^2 = E[delta^2 ||v||^2])
+    stats = {}
+    for name in ("MeZO dense gaussian (previous path)", "MeZO sparse gaussian"):
+        c, opt = variants[name]
+        d2 = []
+        for _ in range(args.variance_repeats):
+            opt.step(c)
+            d2.append(opt.last_info.kept[0].delta ** 2)
+        stats[name] = _ms(d2)
+    out["delta2"] = stats
+    out["memory"] = {"inference fp32": llm.peak_memory(c32, fp32, args.device),
+                     "inference int4": llm.peak_memory(c4, int4, args.device)}
+    for name, (c, opt) in variants.items():
+        model = fp32 if name.startswith("MeZO") else int4
+        out["memory"][name] = llm.peak_memory(lambda c=c, opt=opt: opt.step(c), model, args.device)
+    fo = copy.deepcopy(base).to(args.device)
+    opt = llm.FirstOrder(fo, lr=1e-5)
+    batch = fo.encode(sentences)
+
+    def backprop():
+        opt.zero_grad(set_to_none=False)
+        fo.loss(batch, labels).backward()
+        opt.step()
+    out["memory"]["first-order fp32"] = llm.peak_memory(backprop, fo, args.device)
+    out["times"]["first-order fp32"] = _interleaved({"fo": backprop}, args.repeats)["fo"]
+    return out
+
+
+def speed_report(s, args) -> list[str]:
+    mb, t = 1e6, s["times"]
+    lines = [f"### Time and memory (batch {args.batch_size}, {args.device}, {torch.get_num_threads()} threads; "
+             f"medians of {args.repeats} interleaved repeats)", "",
+             f"Weights: fp32 {s['weights_fp32'] / mb:.1f} MB, int4 {s['weights_int4'] / mb:.1f} MB; Linear weight "
+             f"matrices fp32 {s['linear_fp32'] / mb:.1f} MB, int4 {s['linear_int4'] / mb:.1f} MB "
+             f"(x{s['linear_int4'] / s['linear_fp32']:.3f}). The batch reads {s['used_rows']} of the embedding rows.",
+             "", "| measurement | values perturbed | time (ms) | x forward | peak (MB) | x inference |",
+             "|---|---|---|---|---|---|"]
+    for name in ("forward fp32", "MeZO dense gaussian (previous path)", "MeZO sparse gaussian",
+                 "MeZO sparse rademacher", "first-order fp32", "forward int4", "QZO int4", "HoZO int4"):
+        int4 = "int4" in name
+        fwd = t["forward int4" if int4 else "forward fp32"]
+        mem_key = name.replace("forward", "inference")
+        mem, inf = s["memory"].get(mem_key), s["memory"]["inference int4" if int4 else "inference fp32"]
+        lines.append(f"| {name} | {s['dims'].get(name, '')} | {t[name] * 1e3:.0f} | {t[name] / fwd:.2f} | "
+                     f"{mem['peak'] / mb:.1f} | {mem['peak'] / inf['peak']:.3f} |")
+    n = s["n_sparse"]
+    lines += ["", f"Where a sparse MeZO step goes: 2 forwards = {2 * t['forward fp32'] * 1e3:.0f} ms; the rest "
+              f"(noise, moving and restoring weights, update) = "
+              f"{(t['MeZO sparse gaussian'] - 2 * t['forward fp32']) * 1e3:.0f} ms with Gaussian, "
+              f"{(t['MeZO sparse rademacher'] - 2 * t['forward fp32']) * 1e3:.0f} ms with Rademacher noise. "
+              f"Drawing one direction over the {n:,} non-embedding values: Gaussian "
+              f"{s['noise']['gaussian'] * 1e3:.0f} ms, "
+              f"Rademacher {s['noise']['rademacher'] * 1e3:.0f} ms (a step draws it 5 times: 2 moves, 2 restores, "
+              f"1 update).", ""]
+    d, ds = s["dims"]["MeZO dense gaussian (previous path)"], s["dims"]["MeZO sparse gaussian"]
+    (m1, s1), (m2, s2) = s["delta2"]["MeZO dense gaussian (previous path)"], s["delta2"]["MeZO sparse gaussian"]
+    lines += [f"Estimator on one batch, {args.variance_repeats} steps each: E[delta^2] dense {m1:.4g} "
+              f"(sd {s1:.3g}), sparse {m2:.4g} (sd {s2:.3g}): delta does not depend on the unused rows' noise, so "
+              f"both are draws of one distribution. E||g||^2 = E[delta^2 ||v||^2] ~ E[delta^2] d: d = {d:,} dense, "
+              f"{ds:,} sparse (variance x{ds / d:.3f}).", ""]
+    return lines
+
+
+def merge(args) -> str:
+    """Accuracy tables over the union of the seeds in several --json files (same steps and lrs)."""
+    parts = [json.loads(Path(f).read_text()) for f in args.merge]
+    args.steps = parts[0]["steps"]
+    lrs = {row: part["lrs"][row] for part in parts for rs in part["results"].values() for row in rs if row in METHODS}
+    lines = ["lr: " + ", ".join(f"{row} {lr:g}" for row, lr in lrs.items()), ""]
+    for protocol in ("A", "B"):
+        merged: dict[str, list] = {}
+        for part in parts:
+            for row, rs in part["results"].get(protocol, {}).items():
+                merged.setdefault(row, []).extend(rs)
+        if merged:
+            lines += accuracy_report(protocol, merged, args)
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m zosci.bench llm", description=__doc__.split("\n")[0])
-    p.add_argument("--passes", type=int, default=200, help="forward-pass budget of each fine-tuning method")
-    p.add_argument("--steps", type=int, default=None, help="ZO steps (sets --passes to 2 x steps)")
-    p.add_argument("--quick", action="store_true", help="40 passes, 200 test sentences")
+    p.add_argument("--protocol", nargs="*", default=["A", "B"], choices=["A", "B"])
+    p.add_argument("--steps", type=int, default=300, help="steps of every fine-tuning method (ZO: 2 passes each)")
+    p.add_argument("--seeds", type=int, default=5, help="at most this many seeds per protocol")
+    p.add_argument("--tune", action="store_true", help="choose each lr on protocol B seed 0 dev first")
+    p.add_argument("--tune-steps", type=int, default=0, help="steps of each tuning run; 0 = --steps")
+    p.add_argument("--only-tune", action="store_true", help="stop after --tune")
+    p.add_argument("--tune-rows", nargs="*", default=[], choices=list(METHODS), help="rows to tune (default all)")
+    p.add_argument("--rows", nargs="*", default=[], choices=["start", "linear probe fp32", *METHODS],
+                   help="rows to run (default all)")
+    p.add_argument("--seed-list", nargs="*", type=int, default=[], help="run these seeds (default: the protocol's)")
+    p.add_argument("--json", default=None, help="write the per-seed results (JSON) here, for --merge")
+    p.add_argument("--merge", nargs="*", default=[], help="report the union of these --json files and exit")
+    p.add_argument("--quick", action="store_true", help="smoke run: 4 steps, 1 seed, 64 test sentences")
+    p.add_argument("--no-accuracy", action="store_true", help="only time and memory")
+    p.add_argument("--no-speed", action="store_true", help="only accuracy")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--eval-split", default="test", choices=["test", "dev"])
-    p.add_argument("--eval-limit", type=int, default=0, help="first N evaluation sentences; 0 = all")
+    p.add_argument("--lr", nargs="*", default=[], metavar="ROW=LR", help="override HYPER, e.g. 'QZO int4=1e-5'")
     p.add_argument("--data", default="../shared/data/sst2")
+    p.add_argument("--model", default="minilm", help="sentence-transformers folder; 'minilm' = the packaged one")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--model-config", default="minilm", choices=["minilm", *llm.models.CONFIGS])
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--variance-repeats", type=int, default=20)
+    p.add_argument("--plots", default=None, help="folder for the loss curves (PNG)")
     p.add_argument("--out", default=None, help="also write the report (markdown) to this file")
+    p.add_argument("--deadline", type=float, default=0, help="start no new seed after this many seconds; 0 = off")
     args = p.parse_args(argv)
-    args.argv = list(argv if argv is not None else sys.argv[1:])
-    if args.steps:
-        args.passes = 2 * args.steps
+    argv_text = " ".join(argv if argv is not None else sys.argv[1:])
+    if args.merge:
+        print(merge(args))
+        return 0
     if args.quick:
-        args.passes, args.eval_limit = 40, args.eval_limit or 200
-    t0 = time.perf_counter()
+        args.steps, args.seeds, args.repeats, args.variance_repeats = 4, 1, 2, 2
+    if args.plots:
+        Path(args.plots).mkdir(parents=True, exist_ok=True)
+    t0 = args.t0 = time.perf_counter()
     root = data_root(args.data)
-    train = llm.few_shot(llm.load_sst2(root, "train"), 16, args.seed)
-    acc = []
-    if args.model_config == "minilm":
-        model = llm.load("minilm", task="sequence-classification", seed=args.seed)
-        prototype_head(model, train)
-        test = llm.load_sst2(root, args.eval_split)
-        test = test[:args.eval_limit] if args.eval_limit else test
-        if args.device == "cpu":
-            acc = accuracy_table(model, train, test, args.passes, args.batch_size, args.seed)
-            for row in acc:
-                row[2]["n"] = len(test)
-    else:
-        folder = llm.models.random_model(Path(tempfile.mkdtemp()) / args.model_config, "opt", args.model_config)
-        model = llm.load(folder, task="causal-lm")
-    model.to(args.device)
-    sentences = [s for s, _ in train[:args.batch_size]]
-    labels = torch.tensor([y for _, y in train[:args.batch_size]])
-    mem = memory_and_speed(model, sentences, labels, args.device, args.repeats)
-    report = format_report(args, acc, mem, time.perf_counter() - t0)
+    train_all, dev_all = llm.load_sst2(root, "train"), llm.load_sst2(root, "dev")
+    test = llm.load_sst2(root, "test")[:64 if args.quick else None]
+    base = llm.load(args.model, task="sequence-classification")
+    lines = ["## LLM: zeroth-order fine-tuning on SST-2 (`zosci.llm`)", "",
+             f"Command: `python -m zosci.bench llm {argv_text}` ({args.device}, torch {torch.__version__}, "
+             f"{torch.get_num_threads()} threads)", ""]
+    lrs = {row: h["lr"] for row, h in HYPER.items()}
+    for item in args.lr:
+        row, _, value = item.rpartition("=")
+        if row not in lrs:
+            p.error(f"--lr: unknown row {row!r}; choose one of {list(lrs)}")
+        lrs[row] = float(value)
+    if args.tune and not args.no_accuracy:
+        lrs, table = tune(args, root, train_all, dev_all, base)
+        lines += [f"### lr chosen on dev (protocol B seed 0, {args.tune_steps or args.steps} steps, final dev loss "
+                  f"of 500 sentences)",
+                  "", "| row | lr | dev accuracy | dev loss (start) |", "|---|---|---|---|"]
+        lines += [f"| {row} | {lr:g} | {acc:.4f} | {loss:.4f} ({start:.4f}) |" for row, lr, acc, loss, start in table]
+        lines += ["", "Chosen: " + ", ".join(f"{row} {lr:g}" for row, lr in lrs.items()), ""]
+        args.protocol = [] if args.only_tune else args.protocol
+        print("\n".join(lines), flush=True)
+    if not args.no_accuracy:
+        dump = {}
+        for protocol in args.protocol:
+            results = dump[protocol] = run_protocol(args, protocol, root, train_all, dev_all, test, base, lrs)
+            lines += accuracy_report(protocol, results, args)
+            print("\n".join(accuracy_report(protocol, results, args)), flush=True)
+        if args.json and len(dump) > 1:
+            Path(args.json).write_text(json.dumps({"lrs": lrs, "steps": args.steps, "results": dump}))
+    if not args.no_speed:
+        train = llm.few_shot(train_all, 16, 0)
+        lines += speed_report(speed_and_memory(base, train, args), args)
+    lines.append(f"Total {time.perf_counter() - t0:.0f} s.")
+    report = "\n".join(lines)
     print(report)
     if args.out:
-        Path(args.out).write_text(report)
+        Path(args.out).write_text(report + "\n")
         print(f"written: {args.out}")
     return 0
 
