@@ -79,6 +79,8 @@ SCHEMA = Schema({
                           doc="a theta step may not shrink a cell below this share of its original area"),
         "max_halvings": Field(int, 6, min=0),
         "workers": Field(int, 1, min=1, doc="processes for the ZO queries of a mini-batch (1: in this process)"),
+        "jacobian_model": Field(str, "none", choices=["none", "node_carried"],
+                                doc="control variate of the ZO estimate (zosci.cfd.jacobian_models)"),
     },
 })
 
@@ -180,9 +182,14 @@ class Trainer:
         # DAP guide (keyed by the condition's index)
         self.box = None
         if self.method == "zo":
+            model = None
+            if z["jacobian_model"] == "node_carried":
+                from .jacobian_models import NodeCarried
+
+                model = NodeCarried(prob.coarse.triangles, self.coords)
             self.box = BlackBox(CoarseSolve(prob.solver, prob.coarse.points, prob.h), batched=True,
                                 sampler=sampler or z["sampler"], estimator=z["estimator"], queries=z["queries"],
-                                mu=z["mu"], numpy_io=True, executor=executor, seed=seed)
+                                mu=z["mu"], numpy_io=True, executor=executor, jacobian_model=model, seed=seed)
         self.zo_grad_norm = 0.0
 
     # ------------------------------------------------------------------ pieces

@@ -11,6 +11,15 @@ from zosci.runs import KILL_ENV
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def from_template(template: str, tmp_path):
+    """write_case for killed_and_resumed: the case text template.format(output=tmp_path / name)."""
+    def write_case(name):
+        path = tmp_path / f"{name}.toml"
+        path.write_text(template.format(output=(tmp_path / name).as_posix()))
+        return path
+    return write_case
+
+
 def killed_and_resumed(write_case, tmp_path, kill_at: int):
     """(full run folder, resumed run folder): write_case(name) writes a case whose output is
     tmp_path / name; "full" runs to the end, "killed" dies after logging step kill_at (exit 137)

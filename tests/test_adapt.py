@@ -11,7 +11,7 @@ from zosci.audit import reference_vjp
 from zosci.cli import main
 from zosci.hybrid import BlackBox
 
-from resume import killed_and_resumed
+from resume import from_template, killed_and_resumed
 from shared_data import MESHES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -180,12 +180,7 @@ def test_shipped_cases_validate(capsys):
 
 @pytest.mark.slow
 def test_killed_run_resumes_to_identical_metrics(tmp_path):
-    def case(out):
-        p = tmp_path / f"{out}.toml"
-        p.write_text(CASE.format(output=(tmp_path / out).as_posix()))
-        return p
-
-    full, killed = killed_and_resumed(case, tmp_path, 3)
+    full, killed = killed_and_resumed(from_template(CASE, tmp_path), tmp_path, 3)
     assert (killed / "metrics.csv").read_text() == (full / "metrics.csv").read_text()
     assert len((full / "metrics.csv").read_text().splitlines()) == 1 + 4 + 1
     for png in ("loss", "mesh_before", "mesh_after", "field_fine"):

@@ -130,6 +130,19 @@ def test_zo_training_moves_coarse_mesh_and_reduces_loss(tmp_path):
     assert np.abs(moved[prob.coarse.node_type() != 0]).max() == 0  # boundary nodes stay put
 
 
+def test_node_carried_model_enters_the_zo_estimate(tmp_path):
+    """zo.jacobian_model = "node_carried" gives the batched op the model (its rows' maps are built)."""
+    from zosci.cfd.gcn_case import Problem, Trainer
+
+    cfg = tiny_config(tmp_path, zo={"jacobian_model": "node_carried"})
+    prob = Problem(cfg, progress=False)
+    tr = Trainer(prob, cfg, "zo", "gaussian")
+    tr.train_epoch()
+    assert tr.box.jacobian_model is not None and len(tr.box.last.models) == len(tr.box.last.rows)
+    jv = tr.box.last.models[0](torch.ones(len(prob.coarse.points) * 2, dtype=torch.float64))
+    assert jv.shape == (len(prob.coarse.points), 3) and float(jv.abs().sum()) > 0
+
+
 def write_case(tmp_path, output):
     text = (ROOT / "cases" / "cfd_gcn.toml").read_text()
     text = text.replace('output = "runs"', f'output = "{(tmp_path / output).as_posix()}"')

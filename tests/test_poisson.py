@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from resume import killed_and_resumed
+from resume import from_template, killed_and_resumed
 
 from zosci.cfd.jacobian_models import NodeCarried, recovered_gradient
 from zosci.cfd.poisson import DolfinxPoisson, Locator, PoissonMesh, TorchPoisson, interior_nodes, unit_square
@@ -190,12 +190,7 @@ def test_shipped_case_validates_and_bad_input_names_the_field():
 
 @pytest.mark.slow
 def test_killed_run_resumes_to_identical_metrics(tmp_path):
-    def case(out):
-        p = tmp_path / f"{out}.toml"
-        p.write_text(CASE.format(output=(tmp_path / out).as_posix()))
-        return p
-
-    full, killed = killed_and_resumed(case, tmp_path, 3)
+    full, killed = killed_and_resumed(from_template(CASE, tmp_path), tmp_path, 3)
     assert (killed / "metrics.csv").read_text() == (full / "metrics.csv").read_text()
     rows = (full / "metrics.csv").read_text().splitlines()
     assert len(rows) == 1 + 6 + 1
