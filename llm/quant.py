@@ -3,10 +3,14 @@
 For a weight row split into groups of ``group_size`` inputs, each group g has
 one scale s_g > 0 and integer codes q with
 
-    w ~ s_g * q,   s_g = max_i |w_i| / qmax,   q = clamp(round(w / s_g), qmin, qmax)
+    w ~ s_g * q,   q = clamp(round(w / s_g), qmin, qmax),
 
-with (qmin, qmax) = (-8, 7) for int4 and (-128, 127) for int8, so
-|w - s q| <= s / 2 elementwise. An all-zero group gets the smallest normal
+with (qmin, qmax) = (-8, 7) for int4 and (-128, 127) for int8. The scale is
+searched over clipping ratios: s_g = c max_i |w_i| / qmax for c in CLIP_RATIOS
+(1, 0.95, ..., 0.5), the one with the least squared error sum_i (w_i - s_g q_i)^2
+(c = 1 is absmax scaling, so the error never exceeds absmax's; on MiniLM-L6
+int4 / group 64 it is 11 % lower, BENCHMARKS.md). |w - s q| <= s / 2 for every
+element inside the range (|w| <= s (qmax + 1/2)). An all-zero group gets the smallest normal
 positive scale, so every scale is > 0 (HoZO perturbs them on the positive
 orthant). int4 codes are stored offset by 8 and packed two per uint8 byte
 (low nibble = even column, high nibble = odd column); int8 codes as int8.
@@ -21,6 +25,7 @@ from torch import nn
 from zosci.errors import ConfigError
 
 RANGES = {4: (-8, 7), 8: (-128, 127)}
+CLIP_RATIOS = [1.0 - 0.05 * k for k in range(11)]  # candidate s / (max|w| / qmax)
 
 
 def pack_int4(q: torch.Tensor) -> torch.Tensor:
@@ -46,8 +51,16 @@ def quantize_tensor(w: torch.Tensor, bits: int = 4, group_size: int = 64):
     out, n_in = w.shape
     groups = -(-n_in // group_size)
     wp = F.pad(w.detach(), (0, groups * group_size - n_in)).reshape(out, groups, group_size)
-    scales = wp.abs().amax(dim=-1) / qmax
-    scales = scales.clamp_min(torch.finfo(w.dtype).tiny)
+    absmax = wp.abs().amax(dim=-1)
+    scales, best = None, None
+    for c in CLIP_RATIOS:
+        s = (c * absmax / qmax).clamp_min(torch.finfo(w.dtype).tiny)
+        err = ((wp - s[..., None] * torch.clamp(torch.round(wp / s[..., None]), qmin, qmax)) ** 2).sum(-1)
+        if scales is None:
+            scales, best = s, err
+        else:
+            better = err < best
+            scales, best = torch.where(better, s, scales), torch.where(better, err, best)
     codes = torch.clamp(torch.round(wp / scales[..., None]), qmin, qmax).to(torch.int8)
     return codes.reshape(out, groups * group_size), scales
 

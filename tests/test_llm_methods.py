@@ -93,6 +93,30 @@ def test_update_is_applied_to_the_exactly_restored_weights(folders, method, mani
         assert torch.equal(p, expected)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("method,manifold", [("qzo", "euclidean"), ("hozo", "orthant"), ("mezo", "euclidean")])
+def test_cuda_step_restores_and_updates_on_the_device(folders, method, manifold):
+    """On CUDA: a step with lr = 0 restores every weight bit for bit; with lr > 0 the update is the one the
+    step's direction (regenerated on the device) and delta give, and nothing leaves the device."""
+    model = _model(folders, bits=None if method == "mezo" else 4).to("cuda")
+    closure, _ = _counting_closure(model)
+    still = llm.build(method, model, lr=0.0, mu=1e-2)
+    params = [p for g in still.param_groups for p in g["params"]]
+    before = [p.detach().clone() for p in params]
+    still.step(closure)
+    assert all(torch.equal(p, b) for p, b in zip(params, before))
+    lr = 1e-3
+    opt = llm.build(method, model, lr=lr, mu=1e-2, **({"clip": None} if method == "qzo" else {}))
+    opt.step(closure)
+    (query,) = opt.last_info.kept
+    assert query.delta != 0.0
+    for k, (p, b) in enumerate(zip(params, before)):
+        assert p.device.type == "cuda"
+        g = torch.zeros_like(b).add_(query.direction.part(k), alpha=query.delta)
+        expected = b.clone().add_(g, alpha=-lr) if manifold == "euclidean" else b.clone().mul_(torch.exp(g * -lr))
+        assert torch.equal(p, expected)
+
+
 def test_hozo_keeps_scales_positive_where_qzo_does_not(folders):
     lr = 10.0  # lr |g| >> s ~ 1e-2: a euclidean step overshoots zero; s exp(-lr g) cannot
     qzo_model, hozo_model = _model(folders), _model(folders)

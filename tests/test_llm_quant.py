@@ -30,8 +30,15 @@ def test_round_trip_error_bound(bits, group):
     w = lin.weight.detach()
     err = (w - ql.dequantize()).abs()
     s = ql.scales.repeat_interleave(group, dim=1)[:, :200]
-    assert bool((err <= s / 2 * (1 + 1e-6)).all())
     qmin, qmax = llm.quant.RANGES[bits]
+    inside = w.abs() <= s * (qmax + 0.5)  # not clipped by the searched scale
+    assert bool((err[inside] <= s[inside] / 2 * (1 + 1e-6)).all())
+    # the searched scale's squared error per group never exceeds absmax scaling's (c = 1 is a candidate)
+    wp = torch.nn.functional.pad(w, (0, -200 % group)).reshape(33, -1, group)
+    s_abs = (wp.abs().amax(-1, keepdim=True) / qmax).clamp_min(torch.finfo(w.dtype).tiny)
+    err_abs = ((wp - s_abs * torch.clamp(torch.round(wp / s_abs), qmin, qmax)) ** 2).sum(-1)
+    wq = torch.nn.functional.pad(ql.dequantize(), (0, -200 % group)).reshape(33, -1, group)
+    assert bool((((wp - wq) ** 2).sum(-1) <= err_abs * (1 + 1e-6) + 1e-12).all())
     codes = ql.int_codes()
     assert int(codes.min()) >= qmin and int(codes.max()) <= qmax
     assert torch.equal(ql.dequantize()[3, :group], torch.zeros(group))
@@ -42,8 +49,8 @@ def test_quantlinear_forward_equals_linear_with_dequantized_weight():
     ql = llm.QuantLinear(lin, 4, 64)
     x = torch.randn(5, 7, 128)
     assert torch.equal(ql(x), F.linear(x, ql.dequantize(), lin.bias))
-    half_s = ql.scales.repeat_interleave(64, dim=1) / 2  # |w - s q| <= s/2, so |y - y_q| <= |x| s/2
-    assert bool(((ql(x) - lin(x)).abs() <= x.abs() @ half_s.T + 1e-5).all())
+    err = (lin.weight - ql.dequantize()).abs()  # |y - y_q| <= |x| |w - s q| elementwise
+    assert bool(((ql(x) - lin(x)).abs() <= x.abs() @ err.T + 1e-5).all())
 
 
 def _mlp():
@@ -73,3 +80,21 @@ def test_quantize_errors():
     model = llm.quantize(_mlp())
     with pytest.raises(ConfigError, match="already quantized"):
         llm.quantize(model)
+
+
+def test_scale_search_lowers_the_error_on_heavy_tailed_weights():
+    """Weights with outliers (Student t, 3 degrees of freedom): clipping the scale below absmax lowers the
+    total squared error (measured 18 % lower at int4, group 64; asserted: more than 10 %)."""
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(256, 256, generator=g)
+    chi = torch.randn(256, 256, 3, generator=g).pow(2).sum(-1)
+    w = z / (chi / 3).sqrt()  # Student t with 3 degrees of freedom, from a seeded generator
+    lin = nn.Linear(256, 256)
+    with torch.no_grad():
+        lin.weight.copy_(w)
+    ql = llm.QuantLinear(lin, 4, 64)
+    wp = w.reshape(256, -1, 64)
+    s_abs = wp.abs().amax(-1, keepdim=True) / 7
+    absmax_err = float(((wp - s_abs * torch.clamp(torch.round(wp / s_abs), -8, 7)) ** 2).sum())
+    searched_err = float(((w - ql.dequantize()) ** 2).sum())
+    assert searched_err < 0.9 * absmax_err, (searched_err, absmax_err)

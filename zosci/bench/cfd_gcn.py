@@ -58,6 +58,14 @@ def config(quick: bool, epochs: int | None, cache: str, workers: int, split: str
     return SCHEMA.validate(raw)
 
 
+def left_out(failed) -> str:
+    """'M 0.4: aoa -10 -9 9 10; M 0.45: ...' from [(aoa, mach, why), ...]."""
+    by_mach: dict = {}
+    for a, m, _ in failed:
+        by_mach.setdefault(float(m), []).append(f"{a:g}")
+    return "; ".join(f"M {m:g}: aoa {' '.join(a)}" for m, a in sorted(by_mach.items())) or "none"
+
+
 def train_one(prob, cfg, name, seed, pool):
     """(test MSE per epoch, seconds per epoch, ZO solves) of one method and seed."""
     if name == "upsampled":
@@ -134,8 +142,8 @@ def main(argv=None):
         for split in [args.split] if args.split else ["interpolation", "generalization"]:
             c = cfg = config(args.quick, args.epochs, args.cache, args.workers, split)
             prob = Problem(c, log)
-            notes.append(f"{split}: {len(prob.train)} train / {len(prob.test)} test conditions; left out: "
-                         + ("; ".join(f"(aoa {a:g}, M {m:g}) {why}" for a, m, why in prob.failed) or "none"))
+            notes.append(f"{split}: {len(prob.train)} train / {len(prob.test)} test conditions; left out "
+                         f"({len(prob.failed)}, reasons in the log above): " + left_out(prob.failed))
             curves = {}
             for name in chosen:
                 runs = [train_one(prob, c, name, seed, pool) for seed in range(seeds)]
@@ -145,7 +153,8 @@ def main(argv=None):
                 rows.append((split, name, final.mean(), final.std(), secs, secs * c["train"]["epochs"], solves))
                 if name != "upsampled":
                     curves[name] = (list(range(1, c["train"]["epochs"] + 1)), list(np.mean([r[0] for r in runs], 0)))
-                log.info("%s %s: test MSE %.4g +- %.2g over %d seeds", split, name, final.mean(), final.std(), seeds)
+                log.info("%s %s: test MSE %.4g +- %.2g over %d seeds (per seed %s)", split, name, final.mean(),
+                         final.std(), seeds, " ".join(f"{f:.4g}" for f in final))
             if args.audit and split == "interpolation":
                 audit_md = audit_rows(prob, c, args.audit)
             if curves:

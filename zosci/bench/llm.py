@@ -114,24 +114,42 @@ def linear_probe(start, feats, train, dev):
     return best[2], best[1]
 
 
-def fine_tune(start, row: str, lr: float, train, steps: int, batch_size: int, seed: int):
-    """Train a copy of start with row's method; returns (model, seconds, forward passes, train-loss curve)."""
+def checkpoint(model, step: int, dev, test) -> dict:
+    """Dev and test loss / accuracy at one step (test kept for the step chosen on dev only)."""
+    d, t = llm.evaluate(model, dev), llm.evaluate(model, test)
+    return {"step": step, "dev_loss": d["loss"], "dev_accuracy": d["accuracy"], "test_loss": t["loss"],
+            "test_accuracy": t["accuracy"]}
+
+
+def fine_tune(start, row: str, lr: float, train, steps: int, batch_size: int, seed: int, eval_every: int = 0,
+              dev=None, test=None):
+    """Train a copy of start with row's method; returns (model, seconds, forward passes, train-loss curve,
+    checkpoints): with eval_every, dev and test loss / accuracy every eval_every steps and at the end."""
     method, _, options = METHODS[row]
     model = copy.deepcopy(start)
     hyper = {**HYPER[row], **options, "lr": lr}
     opt = llm.build(method, model, **hyper, **({} if method == "first-order" else {"seed": seed}))
     batches = llm.Batches(train, batch_size, seed)
-    curve, passes, seconds = [], 0, 0.0
-    for _ in llm.train.tqdm(range(steps), desc=f"{row} lr {lr:g}", leave=False):
+    curve, passes, seconds, checkpoints = [], 0, 0.0, []
+    for step in llm.train.tqdm(range(1, steps + 1), desc=f"{row} lr {lr:g}", leave=False):
         sentences, labels = batches.next()
         t = time.perf_counter()
         curve.append(llm.train_step(model, opt, sentences, labels))
         seconds += time.perf_counter() - t
         passes += forward_passes(opt)
+        if eval_every and (step % eval_every == 0 or step == steps):
+            checkpoints.append(checkpoint(model, step, dev, test))
     if method == "first-order":
         for p in llm.float_params(model):
             p.requires_grad_(False)
-    return model, seconds, passes, curve
+    return model, seconds, passes, curve, checkpoints
+
+
+def best_step(checkpoint_lists) -> int:
+    """The budget chosen on dev: the checkpoint step with the lowest dev loss averaged over the runs."""
+    steps = [c["step"] for c in checkpoint_lists[0]]
+    mean = [statistics.mean(cs[k]["dev_loss"] for cs in checkpoint_lists) for k in range(len(steps))]
+    return steps[min(range(len(steps)), key=mean.__getitem__)]
 
 
 def smooth(curve, window: int = 10):
@@ -150,12 +168,15 @@ def tune(args, root, train_all, dev_all, base):
         bits, curves = METHODS[row][1], {}
         start_loss = llm.evaluate(starts[bits], dev)["loss"]
         for lr in GRID[row]:
-            model, _, _, curve = fine_tune(starts[bits], row, lr, train, args.tune_steps or args.steps,
-                                           args.batch_size, 0)
+            model, _, _, curve, checkpoints = fine_tune(starts[bits], row, lr, train, args.tune_steps or args.steps,
+                                                        args.batch_size, 0, args.eval_every, dev, dev)
             ev = llm.evaluate(model, dev)
+            if checkpoints:  # the best checkpoint on dev (the budget is chosen with the lr)
+                best = min(checkpoints, key=lambda c: c["dev_loss"])
+                ev = {"accuracy": best["dev_accuracy"], "loss": best["dev_loss"], "step": best["step"]}
             table.append((row, lr, ev["accuracy"], ev["loss"], start_loss))
             print(f"[tune] {row} lr {lr:g}: dev {ev['accuracy']:.4f} / {ev['loss']:.4f} (start loss "
-                  f"{start_loss:.4f})", flush=True)
+                  f"{start_loss:.4f}){' at step %d' % ev['step'] if 'step' in ev else ''}", flush=True)
             curves[f"lr {lr:g}"] = smooth(curve)
             if row not in chosen or ev["loss"] < chosen[row][1]:
                 chosen[row] = (lr, ev["loss"])
@@ -185,27 +206,32 @@ def run_protocol(args, protocol, root, train_all, dev_all, test, base, lrs):
             h_test = sentence_features(model, test) if {"start", "linear probe fp32"} & set(rows) else None
             if "start" in rows:
                 results.setdefault(name, []).append({**head_eval(model, h_test, test), **info, "seconds": 0.0,
-                                                     "passes": 0, "steps": 0})
+                                                     "passes": 0, "steps": 0, "seed": seed})
             if not bits and "linear probe fp32" in rows:
                 t = time.perf_counter()
                 probe, wd = linear_probe(model, feats, train, dev)
                 results.setdefault("linear probe fp32", []).append(
                     {**head_eval(probe, h_test, test), "seconds": time.perf_counter() - t, "passes": 0,
-                     "steps": 0, "weight_decay": wd})
+                     "steps": 0, "weight_decay": wd, "seed": seed})
         for row in [r for r in METHODS if r in rows]:
             bits = METHODS[row][1]
-            model, seconds, passes, curve = fine_tune(starts[bits], row, lrs[row], train, args.steps,
-                                                      args.batch_size, seed)
-            results.setdefault(row, []).append({**llm.evaluate(model, test), "seconds": seconds, "passes": passes,
-                                                "steps": args.steps})
-            curves.setdefault(row, {})[f"seed {seed}"] = smooth(curve)
-            results[row][-1]["train_loss_end"] = statistics.mean(curve[-10:])
-            print(f"[{protocol} seed {seed}] {row}: test {results[row][-1]['accuracy']:.4f}", flush=True)
+            for lr in GRID[row] if args.grid else [lrs[row]]:
+                model, seconds, passes, curve, checkpoints = fine_tune(starts[bits], row, lr, train, args.steps,
+                                                                       args.batch_size, seed, args.eval_every, dev,
+                                                                       test)
+                results.setdefault(row, []).append({**llm.evaluate(model, test), "seconds": seconds,
+                                                    "passes": passes, "steps": args.steps, "seed": seed, "lr": lr,
+                                                    "checkpoints": checkpoints,
+                                                    "train_loss_end": statistics.mean(curve[-10:])})
+                curves.setdefault(row, {})[f"seed {seed} lr {lr:g}"] = smooth(curve)
+                print(f"[{protocol} seed {seed}] {row} lr {lr:g}: test {results[row][-1]['accuracy']:.4f}",
+                      flush=True)
         if args.json:  # after every seed, so that a stopped run keeps its finished seeds
             Path(args.json).write_text(json.dumps({"lrs": lrs, "steps": args.steps, "results": {protocol: results}}))
     if args.plots:
+        dev_curves_plot(Path(args.plots) / f"{protocol}_dev_loss.png", protocol, results)
         for row, series in curves.items():
-            seeds = "".join(name.split()[-1] for name in series)
+            seeds = "".join(sorted({name.split()[1] for name in series}))
             line_plot(Path(args.plots) / f"{protocol}_seeds{seeds}_{row.replace(' ', '_').replace('+', 'plus')}.png",
                       series,
                       xlabel="step", ylabel="train minibatch loss (10-step mean)",
@@ -217,12 +243,61 @@ def _ms(values):
     return (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def chosen_on_dev(rs):
+    """The runs of the lr with the lowest dev loss (mean over seeds, at its best checkpoint when there are
+    checkpoints, else the test records' order is kept: one lr)."""
+    by_lr: dict = {}
+    for r in rs:
+        by_lr.setdefault(r.get("lr"), []).append(r)
+    if len(by_lr) == 1 or not rs[0].get("checkpoints"):
+        return rs
+
+    def score(group):
+        step = best_step([r["checkpoints"] for r in group])
+        return statistics.mean(next(c["dev_loss"] for c in r["checkpoints"] if c["step"] == step) for r in group)
+    return min(by_lr.values(), key=score)
+
+
+def at_budget(rs):
+    """Each seed's record at the lr and budget chosen on dev (best_step of the mean dev-loss curve), when the
+    runs have checkpoints; the record at the last step otherwise."""
+    if not rs[0].get("checkpoints"):
+        return rs
+    rs = chosen_on_dev(rs)
+    step = best_step([r["checkpoints"] for r in rs])
+    out = []
+    for r in rs:
+        c = next(c for c in r["checkpoints"] if c["step"] == step)
+        out.append({**r, "accuracy": c["test_accuracy"], "loss": c["test_loss"], "budget": step,
+                    "final_accuracy": r["accuracy"], "passes": r["passes"] * step // r["steps"],
+                    "seconds": r["seconds"] * step / r["steps"]})
+    return out
+
+
+def dev_curves_plot(path, protocol, results):
+    """Dev loss (mean over seeds) against steps, one line per fine-tuned row: the curves the budgets are read from."""
+    curves = {}
+    for row, rs in results.items():
+        rs = chosen_on_dev(rs)
+        if rs and rs[0].get("checkpoints"):
+            steps = [c["step"] for c in rs[0]["checkpoints"]]
+            curves[row] = (steps, [statistics.mean(r["checkpoints"][k]["dev_loss"] for r in rs)
+                                   for k in range(len(steps))])
+    if curves:
+        line_plot(path, curves, xlabel="step", ylabel="dev loss (500 sentences, mean over seeds)",
+                  title=f"protocol {protocol}: dev loss along training")
+
+
 def accuracy_report(protocol, results, args) -> list[str]:
     p = PROTOCOLS[protocol]
     what = f"k = {p['k']} per class" if "k" in p else f"{p['n']} train sentences"
+    results = {row: sorted(at_budget(rs), key=lambda r: r.get("seed", 0)) for row, rs in results.items()}
     n = len(next(iter(results.values())))
-    lines = [f"### Protocol {protocol}: {what}, {n} seeds, {args.steps} steps of batch {args.batch_size} "
-             f"(ZO: {2 * args.steps} forward passes each), test = 872 sentences", "",
+    budget = any("budget" in rs[0] for rs in results.values())
+    lines = [f"### Protocol {protocol}: {what}, {n} seeds, at most {args.steps} steps of batch {args.batch_size} "
+             f"(ZO: {2 * args.steps} forward passes)"
+             + (", each row at the step chosen on dev (lowest mean dev loss)" if budget else "")
+             + ", test = 872 sentences", "",
              "| row | accuracy | test loss | row - its start, paired by seed | train time (s) | forward passes | note |",
              "|---|---|---|---|---|---|---|"]
     order = ["start (prototype head) fp32", "linear probe fp32", "start (prototype head) int4", *METHODS]
@@ -232,6 +307,12 @@ def accuracy_report(protocol, results, args) -> list[str]:
         note = ""
         if "train_loss_end" in rs[0]:
             note = f"train loss, last 10 steps {_ms([r['train_loss_end'] for r in rs])[0]:.3f}"
+        if "lr" in rs[0] and "budget" not in rs[0]:
+            note = f"lr {rs[0]['lr']:g}; " + note
+        if "budget" in rs[0]:
+            fin = _ms([r["final_accuracy"] for r in rs])
+            note = (f"lr {rs[0].get('lr', 0):g}, step {rs[0]['budget']} of {rs[0]['steps']} (chosen on dev); at the last "
+                    f"step {fin[0]:.4f} +- {fin[1]:.4f}; " + note)
         if "scale" in rs[0]:
             note = (f"scale {_ms([r['scale'] for r in rs])[0]:.1f}, train loss "
                     f"{_ms([r['train_loss'] for r in rs])[0]:.3f}")
@@ -239,11 +320,13 @@ def accuracy_report(protocol, results, args) -> list[str]:
             note = "weight decay " + ", ".join(f"{r['weight_decay']:g}" for r in rs)
         start = results.get("start (prototype head) " + ("int4" if "int4" in row else "fp32"))
         gain = ""
-        if start and not row.startswith("start"):  # seed i is entry i in every row (seeds run in order)
-            d_acc = _ms([r["accuracy"] - b["accuracy"] for r, b in zip(rs, start)])
-            d_loss = _ms([r["loss"] - b["loss"] for r, b in zip(rs, start)])
+        if start and not row.startswith("start"):  # paired by seed
+            by_seed = {b.get("seed", k): b for k, b in enumerate(start)}
+            pairs = [(r, by_seed[r.get("seed", k)]) for k, r in enumerate(rs) if r.get("seed", k) in by_seed]
+            d_acc = _ms([r["accuracy"] - b["accuracy"] for r, b in pairs])
+            d_loss = _ms([r["loss"] - b["loss"] for r, b in pairs])
             gain = (f"{d_acc[0]:+.4f} +- {d_acc[1]:.4f}; loss {d_loss[0]:+.4f} +- {d_loss[1]:.4f} "
-                    f"(n {min(len(rs), len(start))})")
+                    f"(n {len(pairs)})")
         lines.append(f"| {row} | {acc[0]:.4f} +- {acc[1]:.4f} | {loss[0]:.4f} +- {loss[1]:.4f} | {gain} | "
                      f"{sec[0]:.1f} | {rs[0]['passes']} | {note} |")
     lines.append("")
@@ -378,8 +461,7 @@ def merge(args) -> str:
     """Accuracy tables over the union of the seeds in several --json files (same steps and lrs)."""
     parts = [json.loads(Path(f).read_text()) for f in args.merge]
     args.steps = parts[0]["steps"]
-    lrs = {row: part["lrs"][row] for part in parts for rs in part["results"].values() for row in rs if row in METHODS}
-    lines = ["lr: " + ", ".join(f"{row} {lr:g}" for row, lr in lrs.items()), ""]
+    lines = []
     for protocol in ("A", "B"):
         merged: dict[str, list] = {}
         for part in parts:
@@ -387,7 +469,48 @@ def merge(args) -> str:
                 merged.setdefault(row, []).extend(rs)
         if merged:
             lines += accuracy_report(protocol, merged, args)
+            if args.plots:
+                Path(args.plots).mkdir(parents=True, exist_ok=True)
+                dev_curves_plot(Path(args.plots) / f"{protocol}_dev_loss.png", protocol, merged)
     return "\n".join(lines)
+
+
+def run_cells(args) -> list[str]:
+    """Run the (protocol, seed, row) cells of this benchmark in args.jobs processes; returns their --json files.
+
+    The start and linear-probe rows of a seed are one cell, each fine-tuned row another; cells not started
+    by --deadline are skipped (and reported as missing seeds)."""
+    import subprocess
+    from concurrent.futures import ThreadPoolExecutor
+
+    work = Path(args.cells)
+    work.mkdir(parents=True, exist_ok=True)
+    rows = args.rows or ["start", "linear probe fp32", *METHODS]
+    common = ["--steps", str(args.steps), "--batch-size", str(args.batch_size), "--data", args.data, "--model",
+              args.model, "--device", args.device, "--eval-every", str(args.eval_every), "--no-speed"]
+    common += ["--grid"] * args.grid + ["--quick"] * args.quick + (["--lr", *args.lr] if args.lr else [])
+    cells = []
+    heads = [r for r in ("start", "linear probe fp32") if r in rows]
+    for protocol in args.protocol:  # in the order given; the longest rows first within a protocol
+        for part in [[r] for r in METHODS if r in rows] + ([heads] if heads else []):
+            for seed in args.seed_list or PROTOCOLS[protocol]["seeds"][:args.seeds]:
+                name = f"{protocol}_{seed}_{part[-1]}".replace(" ", "_").replace("+", "plus")
+                cells.append((name, ["--protocol", protocol, "--seed-list", str(seed), "--rows", *part]))
+
+    def run(cell):
+        name, extra = cell
+        if args.deadline and time.perf_counter() - args.t0 > args.deadline:
+            print(f"[jobs] deadline: {name} not started", flush=True)
+            return None
+        out = work / f"{name}.json"
+        with open(work / f"{name}.log", "w") as log:
+            code = subprocess.call([sys.executable, "-m", "zosci.bench", "llm", *common, *extra, "--json", str(out)],
+                                   stdout=log, stderr=subprocess.STDOUT)
+        print(f"[jobs] {name}: exit {code} at {time.perf_counter() - args.t0:.0f} s", flush=True)
+        return str(out) if out.exists() else None
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        return [f for f in pool.map(run, cells) if f]
 
 
 def main(argv=None) -> int:
@@ -415,6 +538,16 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--variance-repeats", type=int, default=20)
     p.add_argument("--plots", default=None, help="folder for the loss curves (PNG)")
+    p.add_argument("--grid", action="store_true",
+                   help="run every lr of GRID for each fine-tuned row and seed; the report takes the lr (and, with "
+                        "--eval-every, the step) with the lowest mean dev loss over the seeds")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="run the (protocol, seed, row) cells in this many processes of this benchmark, then merge")
+    p.add_argument("--cells", default="runs/bench-llm-cells", help="folder of the cells' logs and --json files "
+                                                                   "(with --jobs)")
+    p.add_argument("--eval-every", type=int, default=0,
+                   help="dev and test loss every N steps; each row is then reported at the step with the lowest "
+                        "mean dev loss (the budget chosen on dev) and --tune picks the lr by its best checkpoint")
     p.add_argument("--out", default=None, help="also write the report (markdown) to this file")
     p.add_argument("--deadline", type=float, default=0, help="start no new seed after this many seconds; 0 = off")
     args = p.parse_args(argv)
@@ -424,6 +557,14 @@ def main(argv=None) -> int:
         return 0
     if args.quick:
         args.steps, args.seeds, args.repeats, args.variance_repeats = 4, 1, 2, 2
+    if args.jobs > 1 and not args.no_accuracy:
+        args.t0 = time.perf_counter()
+        args.merge = run_cells(args)
+        report = merge(args) if args.merge else "no cell finished"
+        print(report)
+        if args.out:
+            Path(args.out).write_text(report + "\n")
+        return 0
     if args.plots:
         Path(args.plots).mkdir(parents=True, exist_ok=True)
     t0 = args.t0 = time.perf_counter()
@@ -448,6 +589,8 @@ def main(argv=None) -> int:
         lines += [f"| {row} | {lr:g} | {acc:.4f} | {loss:.4f} ({start:.4f}) |" for row, lr, acc, loss, start in table]
         lines += ["", "Chosen: " + ", ".join(f"{row} {lr:g}" for row, lr in lrs.items()), ""]
         args.protocol = [] if args.only_tune else args.protocol
+        if args.json and args.only_tune:
+            Path(args.json).write_text(json.dumps({"lrs": lrs, "tune": table}))
         print("\n".join(lines), flush=True)
     if not args.no_accuracy:
         dump = {}
