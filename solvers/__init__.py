@@ -10,10 +10,11 @@ from .errors import MeshError, SolverError
 from .fem import Result
 from .graph import mesh_to_graph
 from .mesh import Mesh
-from .naca import naca_mesh
+from .naca import airfoil_mesh, naca_mesh, rae2822_surface
 from .navier_stokes import NavierStokes
 from .pool import SolverPool, dask_executor, solve_batch
 from .potential import PotentialFlow
 
-__all__ = ["Mesh", "MeshError", "SolverError", "Result", "mesh_to_graph", "naca_mesh", "NavierStokes",
+__all__ = ["Mesh", "MeshError", "SolverError", "Result", "mesh_to_graph", "naca_mesh", "airfoil_mesh",
+           "rae2822_surface", "NavierStokes",
            "PotentialFlow", "SolverPool", "solve_batch", "dask_executor"]

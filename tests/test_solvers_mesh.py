@@ -5,7 +5,7 @@ import meshio
 import numpy as np
 import pytest
 
-from zosci.solvers import Mesh, MeshError, mesh_to_graph, naca_mesh
+from zosci.solvers import Mesh, MeshError, airfoil_mesh, mesh_to_graph, naca_mesh, rae2822_surface
 from zosci.solvers.quality import signed_areas
 
 from shared_data import MESHES, needs_meshes, su2  # noqa: F401
@@ -124,6 +124,26 @@ def test_naca_symmetric_mesh_is_mirror_image():
 def test_bad_naca_code():
     with pytest.raises(MeshError, match="4 digits"):
         naca_mesh("12")
+
+
+def test_airfoil_mesh_from_coordinates():
+    """RAE 2822 table: every table point is an airfoil node, sharp TE (2 airfoil edges at (1, 0)), area =
+    48-gon minus the section's own (trapezoid-rule) area; surfaces that do not share both ends are refused."""
+    upper, lower = rae2822_surface()
+    m = airfoil_mesh(upper, lower, radius=10, name="RAE2822")
+    assert len(m.unmarked_boundary_edges()) == 0 and np.all(m.signed_areas() > 0) and m.min_angles().min() > 10
+    wall = m.points[m.marker_nodes("airfoil")]
+    table = np.concatenate([upper, lower])
+    assert np.abs(wall[:, None, :] - table[None]).sum(axis=2).min(axis=0).max() < 1e-12
+    te = np.flatnonzero(np.all(m.points == [1.0, 0.0], axis=1))
+    assert len(te) == 1 and np.count_nonzero(m.boundaries["airfoil"] == te[0]) == 2
+    section = np.trapz(upper[:, 1], upper[:, 0]) - np.trapz(lower[:, 1], lower[:, 0])
+    k = len(m.boundaries["farfield"])
+    assert np.isclose(m.signed_areas().sum(), 0.5 * k * 100 * np.sin(2 * np.pi / k) - section, atol=1e-4)
+    with pytest.raises(MeshError, match="share the leading edge .* trailing edge"):
+        airfoil_mesh(upper, lower[:-1])
+    with pytest.raises(MeshError, match="symmetric about y = 0"):
+        airfoil_mesh(upper, lower, mirror=True)
 
 
 @pytest.mark.parametrize("ext", ["xdmf", "vtu"])

@@ -5,7 +5,8 @@ the previous code path (solvers/potential.py at commit BEFORE, read with `git sh
 CFD-GCN xcoarse/coarse/fine meshes (generated NACA0012 meshes if the data folder is missing):
 warm solves at the same nodes (new aoa) and at moved nodes (a new mesh-adaptation query), wall
 and CPU seconds, and the lift of both; (2) where the time of one new solve goes; (3) fail fast:
-seconds of a failing solve against a converged one on the same mesh; (4) Navier-Stokes cold/warm
+seconds of failing solves against converged ones on the same mesh, this checkout beside commit
+FAILFAST_BEFORE; (4) Navier-Stokes cold/warm
 solves; (5) 16 perturbed potential solves on 2 SolverPool workers against 1, with the worker
 start-up, first-solve and pickling costs, beside the parallelism that 2 spin tasks get at run time.
 CPU seconds are reported next to wall seconds: on a loaded machine they are the stable number.
@@ -24,6 +25,7 @@ import numpy as np
 MESH_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "meshes")
 REPO = os.path.join(os.path.dirname(__file__), "..", "..")
 BEFORE = "7acb3da"  # last commit with the secant-on-Gamma potential solver
+FAILFAST_BEFORE = "e60506d"  # Newton on (psi, Gamma) before the shock-point operator and the a-priori refusal
 
 
 def _meshes():
@@ -43,19 +45,19 @@ def _perturbed(mesh, n, seed=0, amp=2e-3):
     return [x + amp * rng.standard_normal(2) * w[:, None] for _ in range(n)]
 
 
-def previous_potential():
-    """The PotentialFlow class of commit BEFORE (None if git or the commit is not available)."""
+def previous_potential(commit=BEFORE):
+    """The PotentialFlow class of `commit` (None if git or the commit is not available)."""
     try:
-        src = subprocess.run(["git", "-C", REPO, "show", f"{BEFORE}:solvers/potential.py"], capture_output=True,
+        src = subprocess.run(["git", "-C", REPO, "show", f"{commit}:solvers/potential.py"], capture_output=True,
                              text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
-    name = "zosci.solvers._potential_before"
+    name = f"zosci.solvers._potential_{commit}"
     spec = importlib.util.spec_from_loader(name, loader=None)
     mod = importlib.util.module_from_spec(spec)
     mod.__package__ = "zosci.solvers"
     sys.modules[name] = mod
-    exec(compile(src, f"{BEFORE}:solvers/potential.py", "exec"), mod.__dict__)
+    exec(compile(src, f"{commit}:solvers/potential.py", "exec"), mod.__dict__)
     return mod.PotentialFlow
 
 
@@ -132,26 +134,68 @@ def time_split(mesh, n_rep=3):
     return out, total / n_rep, s.solve(aoa=3.0, mach=0.5).info["newton_iterations"]
 
 
-def fail_fast(meshes):
-    """(mesh, converged M 0.5 [s], converged transonic M 0.7 aoa 2 [s], failing M 0.75 aoa 10 [s], message)."""
+FAILING = ((10.0, 0.75), (2.0, 0.8))  # refused before Newton / failing in Newton (or above max_mach) on this checkout
+
+
+def fail_fast(meshes, before_cls, n_rep=3):
+    """Rows (mesh, path, converged subsonic aoa 3 M 0.5 [s], converged transonic aoa 2 M 0.7 [s],
+    [(seconds, message) of each FAILING condition]), medians of n_rep warm solves, for this checkout and
+    commit FAILFAST_BEFORE, one after the other on each mesh."""
     from zosci.solvers import PotentialFlow, SolverError
 
     rows = []
     for name, mesh in meshes.items():
-        s = PotentialFlow(mesh)
-        s.solve(aoa=2.0, mach=0.5)
-        _, ok, _ = _timed(lambda: s.solve(aoa=3.0, mach=0.5))
-        try:
-            _, tr, _ = _timed(lambda: s.solve(aoa=2.0, mach=0.7))
-        except SolverError:
-            tr = float("nan")
-        t0 = time.perf_counter()
-        try:
-            s.solve(aoa=10.0, mach=0.75)
-            msg = "converged"
-        except SolverError as e:
-            msg = str(e)
-        rows.append((name, ok, tr, time.perf_counter() - t0, msg))
+        paths = {"new": PotentialFlow(mesh)}
+        if before_cls is not None:
+            paths[FAILFAST_BEFORE] = before_cls(mesh)
+        for s in paths.values():
+            s.solve(aoa=2.0, mach=0.5)
+        out = {p: [None, None, []] for p in paths}
+        for path, s in paths.items():  # one path after the other per mesh: the same machine load for both
+            out[path][0] = float(np.median([_timed(lambda: s.solve(aoa=3.0, mach=0.5))[1] for _ in range(n_rep)]))
+            try:
+                out[path][1] = float(np.median([_timed(lambda: s.solve(aoa=2.0, mach=0.7))[1] for _ in range(n_rep)]))
+            except SolverError:
+                out[path][1] = float("nan")
+            for aoa, mach in FAILING:
+                seconds = []
+                for _ in range(n_rep):
+                    t0 = time.perf_counter()
+                    try:
+                        r = s.solve(aoa=aoa, mach=mach)
+                        msg = f"converged (largest cell Mach {r.info['max_local_mach']:.2f})"
+                    except SolverError as e:
+                        msg = str(e)
+                    seconds.append(time.perf_counter() - t0)
+                out[path][2].append((float(np.median(seconds)), msg))
+        rows += [(name, path, *v) for path, v in out.items()]
+    return rows
+
+
+def grid_sweep(mesh):
+    """The CFD-GCN grid (aoa -10..10 by 1 x M 0.2..0.8 by 0.05, 273 conditions) on `mesh`: rows (M,
+    converged, refused before Newton, failed in Newton, converged above max_mach, largest cell Mach of
+    the converged, median seconds converged / failed)."""
+    from zosci.solvers import PotentialFlow, SolverError
+
+    s = PotentialFlow(mesh)
+    s.solve(aoa=2.0, mach=0.5)
+    rows = []
+    for mach in np.round(np.arange(0.2, 0.8001, 0.05), 2):
+        kinds, peaks, t_ok, t_fail = {"before": 0, "newton": 0, "max_mach": 0}, [], [], []
+        for aoa in np.arange(-10.0, 10.001, 1.0):
+            t0 = time.perf_counter()
+            try:
+                peaks.append(s.solve(aoa=float(aoa), mach=float(mach)).info["max_local_mach"])
+                t_ok.append(time.perf_counter() - t0)
+            except SolverError as e:
+                t_fail.append(time.perf_counter() - t0)
+                msg = str(e)
+                kind = "before" if "before Newton" in msg else "max_mach" if "exceeds max_mach" in msg else "newton"
+                kinds[kind] += 1
+        median = [float(np.median(t)) if t else float("nan") for t in (t_ok, t_fail)]
+        rows.append((float(mach), len(peaks), kinds["before"], kinds["newton"], kinds["max_mach"], max(peaks, default=0.0),
+                     *median))
     return rows
 
 
@@ -278,10 +322,20 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m zosci.bench solvers", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer repetitions, no Navier-Stokes")
     p.add_argument("--md", help="also write the results as a markdown section to this file")
+    p.add_argument("--grid", action="store_true", help="only the CFD-GCN (aoa, M) grid on the fine mesh (about 2 min)")
     args = p.parse_args(argv)
     import logging
 
     logging.disable(logging.INFO)  # FFCx JIT chatter
+    if args.grid:
+        rows = grid_sweep(_meshes()["fine"])
+        lines = ["| M | converged | refused before Newton | failed in Newton | converged above max_mach | largest cell "
+                 "Mach (converged) | median s converged | median s failed |", "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {m:g} | {ok}/21 | {b} | {n} | {x} | {pk:.3f} | {to:.3f} | {tf:.3f} |"
+                  for m, ok, b, n, x, pk, to, tf in rows]
+        lines.append(f"\nconverged {sum(r[1] for r in rows)} of {21 * len(rows)}")
+        print("\n".join(lines))
+        return 0
     n_rep = 3 if args.quick else 6
     meshes = _meshes()
     old_cls = previous_potential()
@@ -306,13 +360,19 @@ def main(argv=None):
               "| phase | seconds | share |", "|---|---|---|"]
     for k, v in split.items():
         lines.append(f"| {k} | {v:.4f} | {100 * v / total:.0f}% |")
-    lines += ["", "Fail fast (aoa 10, M 0.75: a shock beyond the artificial-density full potential):", "",
-              "| mesh | converged M 0.5 [s] | converged transonic M 0.7 aoa 2 [s] | failing solve [s] | "
-              "failure / converged M 0.5 | failure / transonic |", "|---|---|---|---|---|---|"]
+    lines += ["", f"Fail fast: seconds of converged and failing solves, this checkout (new) and {FAILFAST_BEFORE} "
+              f"(before the shock-point operator and the Karman-Tsien refusal), side by side; failing: aoa 10 M 0.75 "
+              f"(refused before Newton) and aoa 2 M 0.8 (through Newton):", "",
+              "| mesh | path | converged M 0.5 aoa 3 [s] | converged M 0.7 aoa 2 [s] | aoa 10 M 0.75 [s] | "
+              "aoa 2 M 0.8 [s] | worst failure / converged M 0.5 | worst failure / converged M 0.7 |",
+              "|---|---|---|---|---|---|---|---|"]
     msgs = []
-    for name, ok, tr, fail, msg in fail_fast(meshes):
-        lines.append(f"| {name} | {ok:.3f} | {tr:.3f} | {fail:.3f} | {fail / ok:.1f}x | {fail / tr:.1f}x |")
-        msgs.append(f"- {name}: `{msg[:260]}`")
+    for name, path, ok, tr, fails in fail_fast(meshes, previous_potential(FAILFAST_BEFORE)):
+        failed = [t for t, m in fails if not m.startswith("converged")]
+        worst = max(failed) if failed else float("nan")
+        lines.append(f"| {name} | {path} | {ok:.4f} | {tr:.4f} | " + " | ".join(f"{t:.4f}" for t, _ in fails)
+                     + f" | {worst / ok:.1f}x | {worst / tr:.1f}x |")
+        msgs += [f"- {name}, {path}, aoa {a:g} M {m:g}: `{msg[:260]}`" for (a, m), (_, msg) in zip(FAILING, fails)]
     lines += ["", "Error messages:", ""] + msgs
     if not args.quick:
         lines += ["", "| Navier-Stokes | nodes | cold solve [s] | warm solve [s] |", "|---|---|---|---|"]
