@@ -38,6 +38,11 @@ class Euclidean:
         return Euclidean.move_(x.clone(), v, t)
 
     @staticmethod
+    def unmove(x: torch.Tensor, v: torch.Tensor, t: float) -> torch.Tensor:
+        """unmove_ into a new tensor (the same arithmetic, so the same bits)."""
+        return torch.add(x, v, alpha=-t)
+
+    @staticmethod
     def to_tangent(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """The tangent vector whose frame coordinates are v."""
         return v
@@ -68,6 +73,11 @@ class PositiveOrthant:
     @staticmethod
     def move(s: torch.Tensor, v: torch.Tensor, t: float) -> torch.Tensor:
         return PositiveOrthant.move_(s.clone(), v, t)
+
+    @staticmethod
+    def unmove(s: torch.Tensor, v: torch.Tensor, t: float) -> torch.Tensor:
+        """unmove_ into a new tensor (the same arithmetic, so the same bits)."""
+        return torch.div(s, PositiveOrthant.factor(s, v, t))
 
     @staticmethod
     def to_tangent(s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

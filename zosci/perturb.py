@@ -44,7 +44,7 @@ def perturbed(params, direction, t: float, manifold=Euclidean):
                     orig = seg.clone()
                     manifolds[k].move_(seg, v, t)
                     moved.append((k, sl.start))
-                    bad = _differs(manifolds[k].unmove_(seg.clone(), v, t), orig).nonzero().view(-1)
+                    bad = _differs(manifolds[k].unmove(seg, v, t), orig).nonzero().view(-1)
                     if bad.numel():
                         fixes.append((k, bad + sl.start, orig[bad]))
         yield

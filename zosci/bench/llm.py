@@ -130,7 +130,8 @@ def fine_tune(start, row: str, lr: float, train, steps: int, batch_size: int, se
     hyper = {**HYPER[row], **options, "lr": lr}
     opt = llm.build(method, model, **hyper, **({} if method == "first-order" else {"seed": seed}))
     batches = llm.Batches(train, batch_size, seed)
-    curve, passes, seconds, checkpoints = [], 0, 0.0, []
+    curve, passes, seconds = [], 0, 0.0
+    checkpoints = [checkpoint(model, 0, dev, test)] if eval_every else []  # the start: step 0 may be the best
     for step in llm.train.tqdm(range(1, steps + 1), desc=f"{row} lr {lr:g}", leave=False):
         sentences, labels = batches.next()
         t = time.perf_counter()
