@@ -23,7 +23,7 @@ from zosci.plots import line_plot
 from zosci.samplers import SAMPLERS
 from zosci.estimators import ESTIMATORS
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]  # the project root (cfd/ sits in it)
 
 SCHEMA = Schema({
     "mesh": {

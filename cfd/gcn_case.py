@@ -35,13 +35,13 @@ from zosci.solvers import Mesh, PotentialFlow, SolverError, mesh_to_graph, naca_
 from zosci.solvers.pool import _solve_with, solver_token
 from zosci.solvers.quality import signed_areas
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]  # the project root (cfd/ sits in it)
 
 SCHEMA = Schema({
     "mesh": {
         "source": Field(str, "cfdgcn", choices=["cfdgcn", "naca"],
                         doc="cfdgcn: the CFD-GCN SU2 meshes in mesh_dir; naca: gmsh meshes from naca_mesh"),
-        "mesh_dir": Field(str, "../shared/data/meshes", doc="cfdgcn: folder of NACA0012_*.su2 (relative: to the project root)"),
+        "mesh_dir": Field(str, "../shared/data/meshes", doc="cfdgcn: folder of NACA0012_*.su2 (relative: to the working directory, else the project root)"),
         "coarse": Field(str, "xcoarse", choices=["xcoarse", "coarse", "fine"], doc="cfdgcn: coarse (solver) mesh"),
         "fine": Field(str, "fine", choices=["xcoarse", "coarse", "fine"], doc="cfdgcn: fine (target) mesh"),
         "naca_coarse": Field(int, 10, min=8, doc="naca: nodes per side of the coarse mesh"),
@@ -92,7 +92,7 @@ def load_meshes(cfg):
         return (naca_mesh(n_airfoil=cfg["naca_coarse"], n_farfield=8, radius=r),
                 naca_mesh(n_airfoil=cfg["naca_fine"], n_farfield=16, radius=r))
     folder = Path(cfg["mesh_dir"])
-    folder = folder if folder.is_absolute() else ROOT / folder
+    folder = folder if folder.is_absolute() or folder.is_dir() else ROOT / folder  # cwd first, then the root
     paths = [folder / f"NACA0012_{cfg[k]}.su2" for k in ("coarse", "fine")]
     for p in paths:
         if not p.exists():

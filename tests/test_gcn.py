@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from resume import killed_and_resumed
+from shared_data import needs_meshes
 
 from zosci.cli import main
 from zosci.cfd.dataset import generate, grid
@@ -170,3 +171,14 @@ def test_case_kill_and_resume_matches_uninterrupted(tmp_path):
     full, killed = killed_and_resumed(lambda name: write_case(tmp_path, name), tmp_path, 2)
     assert (full / "loss.png").stat().st_size > 1000 and (full / "cp_test.png").exists()
     assert losses(killed) == losses(full) and len(losses(full)) == 3
+
+
+@needs_meshes
+def test_default_mesh_dir_finds_the_shared_meshes_from_any_working_directory(tmp_path, monkeypatch):
+    """The default mesh.mesh_dir (../shared/data/meshes) is the folder beside the project root, also when
+    the working directory is elsewhere (it resolved one level too high once: cfd/ sits in the root)."""
+    from zosci.cfd.gcn_case import SCHEMA, load_meshes
+
+    monkeypatch.chdir(tmp_path)
+    coarse, fine = load_meshes(SCHEMA.validate({"kind": "cfd_gcn", "name": "x"})["mesh"])
+    assert (len(coarse.points), len(fine.points)) == (353, 6684)
