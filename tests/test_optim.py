@@ -7,7 +7,7 @@ import torch
 import zosci
 from zosci.manifolds import Euclidean, PositiveOrthant
 from zosci.optim import ZOSGD, ZOAdam
-from zosci.perturb import perturbed
+from zosci.perturb import perturbed, walk
 from zosci.samplers import CHUNK, get_sampler
 
 
@@ -116,6 +116,72 @@ def test_perturbation_restores_bit_for_bit_where_naive_undo_does_not():
     with perturbed(scales, direction, 0.5, PositiveOrthant):
         assert bool((scales[0] > 0).all())
     assert torch.equal(scales[0], keep)
+
+
+def _mixed_params():
+    g = torch.Generator().manual_seed(0)
+    # values across many magnitudes, an odd length (no 8-byte words), several chunks, and a small tensor
+    return [torch.randn(2 * CHUNK + 1001, generator=g) * torch.logspace(-8, 2, 2 * CHUNK + 1001),
+            torch.randn(7, 3, generator=g)]
+
+
+@pytest.mark.parametrize("manifold", [Euclidean, PositiveOrthant])
+def test_walk_visits_every_point_then_restores_bit_for_bit(manifold):
+    params = _mixed_params()
+    if manifold is PositiveOrthant:
+        params = [p.abs() + 1e-6 for p in params]
+    original = [p.clone() for p in params]
+    direction = get_sampler("rademacher").draw(3, 0, 1, params)
+    points = [1e-2, -1e-2, 3e-2]
+    if manifold is Euclidean:  # the problem is real: walking straight from point to point misses x
+        straight = [p.clone() for p in params]
+        for k, v in enumerate(direction.tensors()):
+            for a, b in zip([0.0] + points, points + [0.0]):
+                manifold.move_(straight[k], v, b - a)
+        assert not torch.equal(straight[0], original[0])
+    with walk(params, direction, points, manifold) as stops:
+        visited = []
+        for t in stops:
+            visited.append(t)
+            for p, x, v in zip(params, original, direction.tensors()):
+                assert torch.allclose(p, manifold.move(x, v, t), rtol=1e-6, atol=1e-7)
+    assert visited == points
+    assert all(torch.equal(a, b) for a, b in zip(params, original))
+
+
+def test_walk_left_early_still_restores_bit_for_bit():
+    params = _mixed_params()
+    original = [p.clone() for p in params]
+    direction = get_sampler("gaussian").draw(4, 0, 1, params)
+    with pytest.raises(RuntimeError, match="solver"):
+        with walk(params, direction, [1e-2, -1e-2]) as stops:
+            next(stops)
+            raise RuntimeError("solver failed")
+    assert all(torch.equal(a, b) for a, b in zip(params, original))
+    with walk(params, direction, [1e-2, -1e-2]) as stops:
+        for _ in stops:
+            break
+    assert all(torch.equal(a, b) for a, b in zip(params, original))
+
+
+def test_two_point_step_draws_each_chunk_four_times(monkeypatch):
+    """MeZO's walk: +mu v, -2 mu v, +mu v (3 draws of v), then the update (1 draw); 5 with a return to x
+    between the points."""
+    params = [torch.nn.Parameter(torch.randn(CHUNK + 10)), torch.nn.Parameter(torch.randn(5))]
+    draws = []
+    cls = type(get_sampler("rademacher").draw(0, 0, 1, params))
+    chunk = cls.chunk
+    monkeypatch.setattr(cls, "chunk", lambda self, k, c, sl: draws.append((k, c)) or chunk(self, k, c, sl))
+    opt = ZOSGD(params, lr=1e-3, sampler="rademacher", estimator="central", mu=1e-3)
+    before = [p.detach().clone() for p in params]
+    opt.step(lambda: float(sum((p ** 2).sum() for p in params)))
+    assert sorted(set(draws)) == [(0, 0), (0, 1), (1, 0)]
+    assert all(draws.count(key) == 4 for key in set(draws))
+    # and the update is the two-sided one applied to the exactly restored x
+    v = opt.sampler.draw(opt.last_record[0], 0, 1, params).tensors()
+    delta = opt.last_record[1][0][1]
+    for p, x, vk in zip(params, before, v):
+        assert torch.equal(p.detach(), x.add(vk.mul(delta), alpha=-1e-3))  # x itself, not x + round-off
 
 
 def test_step_restores_parameters_before_the_update():

@@ -1,7 +1,8 @@
 """Where perturbations and updates move the parameters.
 
 A manifold maps a direction v (in an orthonormal frame of the tangent space)
-and a step t to a new point, in place, with an exact inverse:
+and a step t to a new point, in place (move_) or into a new tensor (move); a
+move by -t goes back up to round-off (zosci.perturb writes back the rest):
 
 * Euclidean:        x <- x + t v
 * PositiveOrthant:  s <- Exp_s(t s v) = s * exp(t v)   under the metric
@@ -29,18 +30,9 @@ class Euclidean:
         return x.add_(v, alpha=t)
 
     @staticmethod
-    def unmove_(x: torch.Tensor, v: torch.Tensor, t: float) -> torch.Tensor:
-        """The inverse of move_ (up to round-off)."""
-        return x.add_(v, alpha=-t)
-
-    @staticmethod
     def move(x: torch.Tensor, v: torch.Tensor, t: float) -> torch.Tensor:
-        return Euclidean.move_(x.clone(), v, t)
-
-    @staticmethod
-    def unmove(x: torch.Tensor, v: torch.Tensor, t: float) -> torch.Tensor:
-        """unmove_ into a new tensor (the same arithmetic, so the same bits)."""
-        return torch.add(x, v, alpha=-t)
+        """move_ into a new tensor (the same arithmetic, so the same bits)."""
+        return torch.add(x, v, alpha=t)
 
     @staticmethod
     def to_tangent(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -67,17 +59,10 @@ class PositiveOrthant:
         return s.mul_(PositiveOrthant.factor(s, v, t)).clamp_(info.tiny, info.max)
 
     @staticmethod
-    def unmove_(s: torch.Tensor, v: torch.Tensor, t: float) -> torch.Tensor:
-        return s.div_(PositiveOrthant.factor(s, v, t))
-
-    @staticmethod
     def move(s: torch.Tensor, v: torch.Tensor, t: float) -> torch.Tensor:
-        return PositiveOrthant.move_(s.clone(), v, t)
-
-    @staticmethod
-    def unmove(s: torch.Tensor, v: torch.Tensor, t: float) -> torch.Tensor:
-        """unmove_ into a new tensor (the same arithmetic, so the same bits)."""
-        return torch.div(s, PositiveOrthant.factor(s, v, t))
+        """move_ into a new tensor (the same arithmetic, so the same bits)."""
+        info = torch.finfo(s.dtype)
+        return torch.mul(s, PositiveOrthant.factor(s, v, t)).clamp_(info.tiny, info.max)
 
     @staticmethod
     def to_tangent(s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -1,17 +1,24 @@
 """Exactly reversible in-place perturbation of parameters.
 
-``with perturbed(params, direction, t, manifold): loss = closure()`` moves every
-tensor to x + t v (or s exp(t v)), then restores it bit for bit, without a copy:
-v is regenerated from its seed, the move is undone, and the few entries where
-floating-point round-off would not give x back (found while moving) are
-written back from a sparse record. "Bit for bit" compares the bits, so a
-signed zero (-0.0 vs +0.0) or a NaN payload comes back too. Memory: a few chunk-sized temporaries
+``with walk(params, direction, [t1, t2], manifold) as stops: for t in stops: f = closure()``
+moves every tensor in place to x + t1 v, then to x + t2 v, ..., then back to x
+(on the positive orthant s exp(t v)), without a copy: MeZO's +mu v, -2 mu v,
++mu v for the two-sided estimator. v is regenerated from its seed, chunk by
+chunk, once per leg: a walk through n points draws v n + 1 times. Each leg
+returns to x bit for bit before it moves on: moving to a point also computes,
+out of place, where moving back would land, and the few entries where
+floating-point round-off would miss x are written back from a sparse record.
+(Walking straight from x + t1 v to x + t2 v would miss about half of them.)
+"Bit for bit" compares the bits, so a signed zero (-0.0 vs +0.0) or a NaN
+payload comes back too. Memory: a few chunk-sized temporaries
 (zosci.samplers.CHUNK elements), plus the sparse record.
+``perturbed(params, direction, t)`` is the walk through one point.
 """
 from __future__ import annotations
 
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 
 from .manifolds import Euclidean
@@ -20,41 +27,77 @@ from .manifolds import Euclidean
 _BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
-def _differs(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Elementwise: do a and b differ in any bit (unlike !=, which equates -0.0 and +0.0)."""
-    bits = _BITS[a.element_size()]
-    return a.view(bits) != b.view(bits)
+def _words(t: torch.Tensor) -> torch.Tensor:
+    """The bits of a flat contiguous tensor as integers: 8-byte words where the
+    layout allows (half the comparisons for float32), else one per element."""
+    size = t.element_size()
+    if (t.numel() * size) % 8 == 0 and (t.storage_offset() * size) % 8 == 0:
+        return t.detach().view(torch.int64)
+    return t.detach().view(_BITS[size])
+
+
+def _differing_words(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Indices of the words (``_words``) where a and b differ in any bit (unlike
+    !=, which equates -0.0 and +0.0)."""
+    wa, wb = _words(a), _words(b)
+    if wa.device.type == "cpu":  # numpy finds a few % of indices about 2x faster than torch 2.13 on CPU
+        return torch.from_numpy(np.flatnonzero(wa.numpy() != wb.numpy()))
+    return (wa != wb).nonzero().view(-1)
+
+
+@contextmanager
+def walk(params, direction, ts, manifold=Euclidean):
+    """Move params (a list of tensors) to x + t v for each t of ts in turn; back to x on exit.
+
+    Yields an iterator over ts that moves the params to each point before
+    giving its t. ``manifold`` is one manifold for all tensors or a list, one
+    per tensor. Each leg draws each chunk of v once: back to x exactly, then
+    out to the next point (len(ts) + 1 draws in all)."""
+    params = list(params)
+    manifolds = manifold if isinstance(manifold, (list, tuple)) else [manifold] * len(params)
+    points = [float(t) for t in ts] + [0.0]  # the walk ends at x
+    at: dict[tuple, int] = {}  # (tensor, chunk) -> index of the point it is at
+    fixes: dict[tuple, tuple] = {}  # (tensor, chunk) -> (indices, values) that going back misses by round-off
+
+    def go(k: int, n: int) -> None:
+        """Move every chunk of tensor k that is not yet there to point n (n = len(ts): x)."""
+        flat, move_ = params[k].view(-1), manifolds[k].move_
+        for c, sl in direction.bounds(k):
+            m = at.get((k, c), len(points) - 1)
+            if m == n:
+                continue
+            seg, v = flat[sl], direction.chunk(k, c, sl)
+            if m != len(points) - 1:  # back to x, bit for bit
+                move_(seg, v, -points[m])
+                if (k, c) in fixes:
+                    idx, values = fixes.pop((k, c))
+                    _words(seg)[idx] = values
+            at[(k, c)] = n
+            if n != len(points) - 1:
+                orig = seg.clone()
+                move_(seg, v, points[n])
+                bad = _differing_words(manifolds[k].move(seg, v, -points[n]), orig)
+                if bad.numel():
+                    fixes[(k, c)] = (bad, _words(orig)[bad])
+
+    def stops():
+        for n, t in enumerate(points[:-1]):
+            with torch.no_grad():
+                for k in range(len(params)):
+                    go(k, n)
+            yield t
+
+    try:
+        yield stops()
+    finally:
+        with torch.no_grad():
+            for k in sorted({k for k, _ in at}):
+                go(k, len(points) - 1)
 
 
 @contextmanager
 def perturbed(params, direction, t: float, manifold=Euclidean):
-    """Move params (a list of tensors) by t along direction; restore on exit.
-
-    ``manifold`` is one manifold for all tensors or a list, one per tensor.
-    Work streams through the direction's chunks (zosci.samplers.CHUNK)."""
-    params = list(params)
-    manifolds = manifold if isinstance(manifold, (list, tuple)) else [manifold] * len(params)
-    moved, fixes = [], []
-    try:
-        with torch.no_grad():
-            for k, p in enumerate(params):
-                flat = p.view(-1)
-                for sl, v in direction.chunks(k):
-                    seg = flat[sl]
-                    orig = seg.clone()
-                    manifolds[k].move_(seg, v, t)
-                    moved.append((k, sl.start))
-                    bad = _differs(manifolds[k].unmove(seg, v, t), orig).nonzero().view(-1)
-                    if bad.numel():
-                        fixes.append((k, bad + sl.start, orig[bad]))
-        yield
-    finally:
-        with torch.no_grad():
-            done = set(moved)
-            for k in sorted({k for k, _ in moved}):
-                flat = params[k].view(-1)
-                for sl, v in direction.chunks(k):
-                    if (k, sl.start) in done:
-                        manifolds[k].unmove_(flat[sl], v, t)
-            for k, idx, values in fixes:
-                params[k].view(-1)[idx] = values
+    """Within the block, params are at x + t v (s exp(t v)); restored bit for bit on exit."""
+    with walk(params, direction, [t], manifold) as stops:
+        for _ in stops:
+            yield

@@ -79,9 +79,13 @@ class Direction:
         """v over tensor k, flat elements sl (chunk number c)."""
         raise NotImplementedError
 
+    def bounds(self, k: int) -> list[tuple[int, slice]]:
+        """(chunk number, slice) pairs covering tensor k's flat view."""
+        return _chunk_bounds(self.like[k].numel())
+
     def chunks(self, k: int):
         """(slice, v chunk) pairs covering tensor k's flat view."""
-        for c, sl in _chunk_bounds(self.like[k].numel()):
+        for c, sl in self.bounds(k):
             yield sl, self.chunk(k, c, sl)
 
     def part(self, k: int) -> torch.Tensor:
@@ -184,6 +188,9 @@ def weighted_sum(directions: Sequence[Direction], weights: Sequence[float], k: i
     dtype = torch.promote_types(like.dtype, torch.float32)
     for pieces in zip(*[d.chunks(k) for d in directions]):
         sl = pieces[0][0]
+        if len(pieces) == 1:  # one query: a single pass
+            yield sl, pieces[0][1].to(dtype).mul(float(weights[0]))
+            continue
         total = torch.zeros(sl.stop - sl.start, dtype=dtype, device=like.device)
         for w, (_, v) in zip(weights, pieces):
             total.add_(v, alpha=float(w))

@@ -1,10 +1,11 @@
 """ZOOptimizer: the torch.optim.Optimizer skeleton shared by ZOSGD and ZOAdam.
 
 ``step(closure)``: the closure returns the loss of the current parameters
-(no backward). For each query the parameters are moved in place to
-x + t v (or s exp(t v) on the positive orthant), the closure is called, and the
-parameters are restored bit for bit (zosci.perturb); v is regenerated from a
-seed, never stored. The estimate in frame coordinates, g = mean_k delta_k v_k,
+(no backward). For each query the parameters walk in place through the points
+x + t v of its stencil (s exp(t v) on the positive orthant; two-sided: +mu v,
+-2 mu v, +mu v as in MeZO), the closure is called at each, and the parameters
+are restored bit for bit (zosci.perturb); v is regenerated from a seed, never
+stored. The estimate in frame coordinates, g = mean_k delta_k v_k,
 is formed chunk by chunk (zosci.samplers.CHUNK elements) and handed to
 ``_update``; so the memory is that of inference plus the optimizer's own state
 (momentum, Adam moments) plus a few chunks.
@@ -17,13 +18,15 @@ sampler is DAP; the first step, which has none, draws sphere directions.
 """
 from __future__ import annotations
 
+from itertools import groupby
+
 import torch
 from torch.optim import Optimizer
 
 from ..errors import ConfigError, QueryError
 from ..estimators import get_estimator
 from ..manifolds import get_manifold
-from ..perturb import perturbed
+from ..perturb import walk
 from ..queries import QueryDrawer, run_queries
 from ..guide import Guide
 from ..samplers import get_sampler, weighted_sum
@@ -105,12 +108,14 @@ class ZOOptimizer(Optimizer):
 
         def evaluate_batch(jobs):
             out = []
-            for _, q, t in jobs:
-                with perturbed(params, q.direction, t, manifolds):
-                    try:
-                        out.append(float(closure()))
-                    except QueryError as err:
-                        out.append(err)
+            for _, same_query in groupby(jobs, key=lambda job: id(job[1])):  # one walk through its points
+                same_query = list(same_query)
+                with walk(params, same_query[0][1].direction, [t for _, _, t in same_query], manifolds) as stops:
+                    for _ in stops:
+                        try:
+                            out.append(float(closure()))
+                        except QueryError as err:
+                            out.append(err)
             return out
 
         base = float(closure()) if self.estimator.uses_base else None
