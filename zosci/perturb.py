@@ -56,26 +56,28 @@ def walk(params, direction, ts, manifold=Euclidean):
     params = list(params)
     manifolds = manifold if isinstance(manifold, (list, tuple)) else [manifold] * len(params)
     points = [float(t) for t in ts] + [0.0]  # the walk ends at x
+    home = len(points) - 1  # the index of x
     at: dict[tuple, int] = {}  # (tensor, chunk) -> index of the point it is at
     fixes: dict[tuple, tuple] = {}  # (tensor, chunk) -> (indices, values) that going back misses by round-off
 
     def go(k: int, n: int) -> None:
-        """Move every chunk of tensor k that is not yet there to point n (n = len(ts): x)."""
+        """Move every chunk of tensor k that is not yet there to point n."""
         flat, move_ = params[k].view(-1), manifolds[k].move_
         for c, sl in direction.bounds(k):
-            m = at.get((k, c), len(points) - 1)
+            m = at.get((k, c), home)
             if m == n:
                 continue
             seg, v = flat[sl], direction.chunk(k, c, sl)
-            if m != len(points) - 1:  # back to x, bit for bit
+            if m != home:  # back to x, bit for bit
                 move_(seg, v, -points[m])
                 if (k, c) in fixes:
                     idx, values = fixes.pop((k, c))
                     _words(seg)[idx] = values
-            at[(k, c)] = n
-            if n != len(points) - 1:
+                at[(k, c)] = home
+            if n != home:
                 orig = seg.clone()
                 move_(seg, v, points[n])
+                at[(k, c)] = n
                 bad = _differing_words(manifolds[k].move(seg, v, -points[n]), orig)
                 if bad.numel():
                     fixes[(k, c)] = (bad, _words(orig)[bad])
@@ -92,7 +94,7 @@ def walk(params, direction, ts, manifold=Euclidean):
     finally:
         with torch.no_grad():
             for k in sorted({k for k, _ in at}):
-                go(k, len(points) - 1)
+                go(k, home)
 
 
 @contextmanager
