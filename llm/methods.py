@@ -10,7 +10,8 @@
 * HoZO:  the scales on the positive orthant with metric <u, w>_s = sum u w / s^2:
          perturbation s exp(mu v), update s <- Exp_s(-lr s g) = s exp(-lr g), so a
          scale never reaches 0 or changes sign.
-* FirstOrder: torch.optim.Adam / SGD on every float weight, with backprop (reference).
+* FirstOrder: torch.optim.Adam / SGD on every float weight, or on the scales only
+         (params="scales": the exact-gradient reference of QZO / HoZO), with backprop.
 
 Each ZO method returns a zosci.optim.ZOSGD (optimizer="sgd") or ZOAdam
 (optimizer="adam"); any sampler (gaussian, rademacher, sphere, dap, ...) and
@@ -92,9 +93,15 @@ def HoZO(model: nn.Module, lr: float = 1e-3, mu: float = 1e-2, sampler="gaussian
     return _zo(groups, optimizer, lr, mu, sampler, estimator, queries, clip, seed, **options)
 
 
-def FirstOrder(model: nn.Module, lr: float = 1e-4, optimizer: str = "adam", **options) -> torch.optim.Optimizer:
-    """torch.optim.Adam / SGD over every float parameter (sets requires_grad); step after loss.backward()."""
-    params = float_params(model)
+def FirstOrder(model: nn.Module, lr: float = 1e-4, optimizer: str = "adam", params: str = "all",
+               **options) -> torch.optim.Optimizer:
+    """torch.optim.Adam / SGD with backprop (sets requires_grad); step after loss.backward().
+
+    params: "all" = every float parameter (full fine-tuning); "scales" = the
+    quantization scales only, what QZO / HoZO train, with exact gradients."""
+    if params not in ("all", "scales"):
+        raise ConfigError(f"params: unknown {params!r}; choose 'all' or 'scales'")
+    params = float_params(model) if params == "all" else _scales_or_fail(model, "FirstOrder(params='scales')")
     for p in params:
         p.requires_grad_(True)
     if optimizer == "adam":

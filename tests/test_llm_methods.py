@@ -180,6 +180,38 @@ def test_first_order_reference_step(folders):
     assert float(model.loss(batch, LABELS).detach()) < start
 
 
+def test_first_order_on_the_scales_only(folders):
+    """params="scales": exact gradients of the int4 scales (central differences agree), nothing else moves."""
+    model = _model(folders, arch="bert", task="sequence-classification")
+    batch = model.encode(SENTENCES)
+    opt = llm.FirstOrder(model, lr=1e-3, optimizer="sgd", params="scales")
+    scales = llm.scales(model)
+    assert [id(p) for g in opt.param_groups for p in g["params"]] == [id(s) for s in scales]
+    others = {n: p.detach().clone() for n, p in model.named_parameters() if all(p is not s for s in scales)}
+    opt.zero_grad()
+    model.loss(batch, LABELS).backward()
+    grads = [s.grad.clone() for s in scales]
+    norm = sum(float((g ** 2).sum()) for g in grads) ** 0.5
+    assert norm > 0
+
+    def loss_along(t):  # f(s + t g / |g|): its slope at 0 is |g|
+        with torch.no_grad():
+            for s, g in zip(scales, grads):
+                s.add_(g, alpha=t / norm)
+            value = float(model.loss(batch, LABELS))
+            for s, g in zip(scales, grads):
+                s.sub_(g, alpha=t / norm)
+        return value
+    h = 1e-3  # float32 loss: a step above its round-off, below the curvature (2 % covers both here)
+    assert (loss_along(h) - loss_along(-h)) / (2 * h) == pytest.approx(norm, rel=2e-2)
+    before = [x.detach().clone() for x in scales]
+    opt.step()
+    assert all(not torch.equal(a, b) for a, b in zip(scales, before))
+    assert all(torch.equal(p, others[n]) for n, p in model.named_parameters() if n in others)
+    with pytest.raises(ConfigError, match="params"):
+        llm.FirstOrder(model, params="head")
+
+
 def test_state_dict_resume_is_exact(folders):
     def run(steps, resume_at=None):
         model = _model(folders)

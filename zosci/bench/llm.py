@@ -13,7 +13,9 @@
     then scaled by the s minimising the dev cross entropy (temperature
     scaling); its train loss is printed to show it is not saturated.
     Rows: the start; a linear probe (head by L-BFGS on frozen features, weight
-    decay chosen on dev); first-order full fine-tuning (Adam, fp32); MeZO fp32,
+    decay chosen on dev); first-order full fine-tuning (Adam, fp32); first-order
+    on the int4 scales only (Adam: what QZO / HoZO train, with exact gradients,
+    their ceiling at this budget); MeZO fp32,
     QZO int4, HoZO int4, HoZO int4 + DAP, all two-sided (2 forwards a step) with
     the same number of steps. ``--tune`` first picks each method's lr on
     protocol B seed 0 by the final dev loss. Train-loss curves (minibatch loss,
@@ -49,6 +51,7 @@ from zosci.samplers import get_sampler  # noqa: E402
 
 METHODS = {  # row -> (llm method, bits, options); lr from HYPER
     "first-order fp32": ("first-order", 0, {}),
+    "first-order int4 scales": ("first-order", 4, {"params": "scales"}),
     "MeZO fp32": ("mezo", 0, {}),
     "QZO int4": ("qzo", 4, {"clip": 100.0}),
     "HoZO int4": ("hozo", 4, {}),
@@ -56,12 +59,14 @@ METHODS = {  # row -> (llm method, bits, options); lr from HYPER
 }
 HYPER = {  # lr (chosen on dev by --tune, see BENCHMARKS.md; first-order not tuned), mu; two-sided, batch 16
     "first-order fp32": dict(lr=1e-5),
+    "first-order int4 scales": dict(lr=1e-5),
     "MeZO fp32": dict(lr=3e-5, mu=1e-3),
     "QZO int4": dict(lr=3e-6, mu=1e-3),
     "HoZO int4": dict(lr=1e-2, mu=1e-2),
     "HoZO int4 + DAP": dict(lr=1e-2, mu=1e-2),
 }
-GRID = {"first-order fp32": [3e-6, 1e-5, 3e-5], "MeZO fp32": [3e-5, 1e-4, 3e-4],
+GRID = {"first-order fp32": [3e-6, 1e-5, 3e-5], "first-order int4 scales": [3e-6, 1e-5, 3e-5],
+        "MeZO fp32": [3e-5, 1e-4, 3e-4],
         "QZO int4": [1e-6, 3e-6, 1e-5], "HoZO int4": [1e-2, 3e-2, 1e-1], "HoZO int4 + DAP": [1e-2, 3e-2, 1e-1]}
 PROTOCOLS = {"A": dict(k=16, seeds=[0, 1, 2, 3, 4]), "B": dict(n=1000, seeds=[0, 1, 2])}
 WEIGHT_DECAYS = [0.0, 1e-4, 1e-3, 1e-2, 1e-1]
