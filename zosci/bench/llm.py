@@ -12,7 +12,8 @@
     features of the model that is trained (fp32, or after int4 quantization),
     then scaled by the s minimising the dev cross entropy (temperature
     scaling); its train loss is printed to show it is not saturated.
-    Rows: the start; a linear probe (head by L-BFGS on frozen features, weight
+    Rows: the start; the start with its head bias refitted on the train
+    features (the class prior alone); a linear probe (head by L-BFGS on frozen features, weight
     decay chosen on dev); first-order full fine-tuning (Adam, fp32); first-order
     on the int4 scales only (Adam: what QZO / HoZO train, with exact gradients,
     their ceiling at this budget); MeZO fp32,
@@ -104,6 +105,28 @@ def head_eval(model, features, examples) -> dict:
     y = torch.tensor([lab for _, lab in examples])
     return {"accuracy": float((logits.argmax(1) == y).float().mean()),
             "loss": float(torch.nn.functional.cross_entropy(logits, y))}
+
+
+def prior_refit(start, h_train, train):
+    """The start with only its head bias b refitted on the train features (W fixed, L-BFGS): what fitting the
+    class prior alone gives, a trivial baseline for the few directions a short ZO run can follow."""
+    model = copy.deepcopy(start)
+    head = model.head_layer()
+    with torch.no_grad():
+        z = (h_train.to(head.weight.device, head.weight.dtype) @ head.weight.T).double().cpu()
+    y = torch.tensor([lab for _, lab in train])
+    b = head.bias.detach().cpu().double().requires_grad_(True)
+    opt = torch.optim.LBFGS([b], max_iter=100, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(z + b, y)
+        loss.backward()
+        return loss
+    opt.step(closure)
+    with torch.no_grad():
+        head.bias.copy_(b.to(head.bias.dtype))
+    return model
 
 
 def linear_probe(start, feats, train, dev):
@@ -213,6 +236,9 @@ def run_protocol(args, protocol, root, train_all, dev_all, test, base, lrs):
             if "start" in rows:
                 results.setdefault(name, []).append({**head_eval(model, h_test, test), **info, "seconds": 0.0,
                                                      "passes": 0, "steps": 0, "seed": seed})
+                results.setdefault(f"prior refit {'int4' if bits else 'fp32'}", []).append(
+                    {**head_eval(prior_refit(model, feats[0], train), h_test, test), "seconds": 0.0, "passes": 0,
+                     "steps": 0, "seed": seed})
             if not bits and "linear probe fp32" in rows:
                 t = time.perf_counter()
                 probe, wd = linear_probe(model, feats, train, dev)
@@ -306,7 +332,8 @@ def accuracy_report(protocol, results, args) -> list[str]:
              + ", test = 872 sentences", "",
              "| row | accuracy | test loss | row - its start, paired by seed | train time (s) | forward passes | note |",
              "|---|---|---|---|---|---|---|"]
-    order = ["start (prototype head) fp32", "linear probe fp32", "start (prototype head) int4", *METHODS]
+    order = ["start (prototype head) fp32", "prior refit fp32", "linear probe fp32", "start (prototype head) int4",
+             "prior refit int4", *METHODS]
     results = {row: results[row] for row in sorted(results, key=lambda r: order.index(r) if r in order else 99)}
     for row, rs in results.items():
         acc, loss, sec = _ms([r["accuracy"] for r in rs]), _ms([r["loss"] for r in rs]), _ms([r["seconds"] for r in rs])
