@@ -114,13 +114,15 @@ def calibrate_head(model: nn.Module, examples, features=None) -> float:
 
 
 def fit_head(model: nn.Module, features: torch.Tensor, labels: torch.Tensor, weight_decay: float = 0.0,
-             iterations: int = 100) -> None:
+             iterations: int = 100, bias_only: bool = False) -> None:
     """Linear probe: the head minimising mean CE(W h + b, y) + weight_decay / 2 ||W||^2 on frozen
-    features (full-batch L-BFGS from the current head; backprop through the head only)."""
+    features (full-batch L-BFGS from the current head; backprop through the head only). bias_only:
+    W stays, only b (the class prior) is fitted."""
     head = model.head_layer()
-    w = head.weight.detach().cpu().double().requires_grad_(True)
+    w = head.weight.detach().cpu().double().requires_grad_(not bias_only)
     b = head.bias.detach().cpu().double().requires_grad_(True)
-    h, opt = features.cpu().double(), torch.optim.LBFGS([w, b], max_iter=iterations, line_search_fn="strong_wolfe")
+    h = features.cpu().double()
+    opt = torch.optim.LBFGS([b] if bias_only else [w, b], max_iter=iterations, line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad()

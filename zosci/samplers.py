@@ -188,11 +188,8 @@ def weighted_sum(directions: Sequence[Direction], weights: Sequence[float], k: i
     dtype = torch.promote_types(like.dtype, torch.float32)
     for pieces in zip(*[d.chunks(k) for d in directions]):
         sl = pieces[0][0]
-        if len(pieces) == 1:  # one query: a single pass
-            yield sl, pieces[0][1].to(dtype).mul(float(weights[0]))
-            continue
-        total = torch.zeros(sl.stop - sl.start, dtype=dtype, device=like.device)
-        for w, (_, v) in zip(weights, pieces):
+        total = pieces[0][1].to(dtype).mul(float(weights[0]))  # a new tensor: one pass for one query
+        for w, (_, v) in zip(weights[1:], pieces[1:]):
             total.add_(v, alpha=float(w))
         yield sl, total
 

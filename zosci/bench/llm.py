@@ -108,24 +108,10 @@ def head_eval(model, features, examples) -> dict:
 
 
 def prior_refit(start, h_train, train):
-    """The start with only its head bias b refitted on the train features (W fixed, L-BFGS): what fitting the
-    class prior alone gives, a trivial baseline for the few directions a short ZO run can follow."""
+    """The start with only its head bias b refitted on the train features (W fixed): what fitting the class
+    prior alone gives, a trivial baseline for the few directions a short ZO run can follow."""
     model = copy.deepcopy(start)
-    head = model.head_layer()
-    with torch.no_grad():
-        z = (h_train.to(head.weight.device, head.weight.dtype) @ head.weight.T).double().cpu()
-    y = torch.tensor([lab for _, lab in train])
-    b = head.bias.detach().cpu().double().requires_grad_(True)
-    opt = torch.optim.LBFGS([b], max_iter=100, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(z + b, y)
-        loss.backward()
-        return loss
-    opt.step(closure)
-    with torch.no_grad():
-        head.bias.copy_(b.to(head.bias.dtype))
+    fit_head(model, h_train, torch.tensor([lab for _, lab in train]), bias_only=True)
     return model
 
 
