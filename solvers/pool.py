@@ -178,7 +178,11 @@ def solve_batch(solver, kwargs_list, executor=None, errors="return"):
 
 
 def dask_executor(n_workers=2):
-    """A local Dask cluster (processes, one thread each) and its Executor: returns (client, executor)."""
+    """A local Dask cluster (processes, one thread each) and its Executor: returns (client, executor).
+
+    Dask treats submitted calls as pure: identical calls (same solver, same kwargs) share one task.
+    `client.get_executor(pure=False)` runs every call.
+    """
     from dask.distributed import Client, LocalCluster
 
     cluster = LocalCluster(n_workers=n_workers, processes=True, threads_per_worker=1, dashboard_address=None)

@@ -74,6 +74,10 @@ def test_errors_returned_or_raised(batch):
     assert isinstance(solve_batch(solver, bad)[1], SolverError)  # serial path too
 
 
+def _keys_in_memory(dask_scheduler):
+    return [str(k) for k, ts in dask_scheduler.tasks.items() if ts.state == "memory"]
+
+
 @pytest.mark.slow
 def test_dask_survives_killed_worker(batch):
     pytest.importorskip("dask.distributed")
@@ -84,12 +88,16 @@ def test_dask_survives_killed_worker(batch):
     try:
         _same(solve_batch(solver, kws, executor=ex), serial)
         pids = list(client.run(os.getpid).values())
-        t0 = time.time()
-        long = kws * 40  # solves take ~10 ms: a batch of 400 outlasts the kill at 0.3 s
-        results = _kill_during(lambda: solve_batch(solver, long, executor=ex), lambda: pids,
-                               lambda: time.time() - t0 > 0.3)
+        # Dask runs identical pure calls once; pure=False makes each of the 40 solves a task of its own
+        every = client.get_executor(pure=False)
+        before = set(client.run_on_scheduler(_keys_in_memory))
+
+        def first_done():
+            return bool(set(client.run_on_scheduler(_keys_in_memory)) - before)
+
+        results = _kill_during(lambda: solve_batch(solver, kws * 4, executor=every), lambda: pids, first_done)
         assert set(client.run(os.getpid).values()) != set(pids)  # a worker was really replaced
-        _same(results, serial * 40)
+        _same(results, serial * 4)
     finally:
         client.close()
         client.cluster.close()
