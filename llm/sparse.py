@@ -84,9 +84,6 @@ class SparseZOSGD(ZOSGD):
 
     @torch.no_grad()
     def apply_record(self, record) -> None:
-        if self.used.ids is not None:  # called by step, rows already selected
-            super().apply_record(record[:2])
-            return
         seed, kept, ids = record
         with self.used.select(torch.tensor(ids, dtype=torch.long)):
-            super().apply_record((seed, kept))
+            self._apply((seed, kept))

@@ -7,7 +7,8 @@ import torch
 import zosci
 from zosci.manifolds import Euclidean, PositiveOrthant
 from zosci.optim import ZOSGD, ZOAdam
-from zosci.perturb import perturbed, walk
+from zosci.errors import QueryError
+from zosci.perturb import Walk, perturbed
 from zosci.samplers import CHUNK, get_sampler
 
 
@@ -139,7 +140,7 @@ def test_walk_visits_every_point_then_restores_bit_for_bit(manifold):
             for a, b in zip([0.0] + points, points + [0.0]):
                 manifold.move_(straight[k], v, b - a)
         assert not torch.equal(straight[0], original[0])
-    with walk(params, direction, points, manifold) as stops:
+    with Walk(params, direction, points, manifold) as stops:
         visited = []
         for t in stops:
             visited.append(t)
@@ -154,19 +155,19 @@ def test_walk_left_early_still_restores_bit_for_bit():
     original = [p.clone() for p in params]
     direction = get_sampler("gaussian").draw(4, 0, 1, params)
     with pytest.raises(RuntimeError, match="solver"):
-        with walk(params, direction, [1e-2, -1e-2]) as stops:
-            next(stops)
+        with Walk(params, direction, [1e-2, -1e-2]) as stops:
+            next(iter(stops))
             raise RuntimeError("solver failed")
     assert all(torch.equal(a, b) for a, b in zip(params, original))
-    with walk(params, direction, [1e-2, -1e-2]) as stops:
+    with Walk(params, direction, [1e-2, -1e-2]) as stops:
         for _ in stops:
             break
     assert all(torch.equal(a, b) for a, b in zip(params, original))
 
 
-def test_two_point_step_draws_each_chunk_four_times(monkeypatch):
-    """Out to x + mu v; back to x and on to x - mu v; back to x (3 draws of each chunk of v), then the
-    update (1 draw). It was 5 when each point had its own move and return."""
+def test_two_point_step_draws_each_chunk_three_times(monkeypatch):
+    """Out to x + mu v; back to x and on to x - mu v; back to x and the update in the same pass: 3 draws of
+    each chunk of v. It was 5 when each point had its own move and return, and 4 with a separate update."""
     params = [torch.nn.Parameter(torch.randn(CHUNK + 10)), torch.nn.Parameter(torch.randn(5))]
     draws = []
     cls = type(get_sampler("rademacher").draw(0, 0, 1, params))
@@ -176,12 +177,33 @@ def test_two_point_step_draws_each_chunk_four_times(monkeypatch):
     before = [p.detach().clone() for p in params]
     opt.step(lambda: float(sum((p ** 2).sum() for p in params)))
     assert sorted(set(draws)) == [(0, 0), (0, 1), (1, 0)]
-    assert all(draws.count(key) == 4 for key in set(draws))
+    assert all(draws.count(key) == 3 for key in set(draws))
     # and the update is the two-sided one applied to the exactly restored x
     v = opt.sampler.draw(opt.last_record[0], 0, 1, params).tensors()
     delta = opt.last_record[1][0][1]
     for p, x, vk in zip(params, before, v):
         assert torch.equal(p.detach(), x.add(vk.mul(delta), alpha=-1e-3))  # x itself, not x + round-off
+
+
+def test_update_after_a_failed_last_query_starts_from_x():
+    """The last query fails half-way through its walk: the update (of the query kept) starts from x exactly."""
+    params = _mixed_params()
+    before = [p.clone() for p in params]
+    calls = []
+
+    def closure():
+        calls.append(1)
+        if len(calls) == 4:  # the second query's second point
+            raise QueryError("solver failed")
+        return float(sum((p.double() ** 2).sum() for p in params))
+
+    opt = ZOSGD(params, lr=1e-3, estimator="central", queries=2, on_failure="drop")
+    opt.step(closure)
+    (index, delta), = opt.last_record[1]
+    assert index == 0 and opt.last_info.failed == 1
+    v = opt.sampler.draw(opt.last_record[0], 0, 2, params).tensors()
+    for p, x, vk in zip(params, before, v):
+        assert torch.equal(p, x.add(vk.mul(delta), alpha=-1e-3))
 
 
 def test_step_restores_parameters_before_the_update():
@@ -281,6 +303,7 @@ def test_shared_options_must_not_differ_per_group():
 
 
 @pytest.mark.parametrize("make", [
+    lambda ps: ZOSGD(ps, lr=0.05, estimator="central", seed=2),  # MeZO: the update rides the walk home
     lambda ps: ZOSGD(ps, lr=0.05, momentum=0.9, sampler="sphere", queries=3, seed=2),
     lambda ps: ZOAdam(ps, lr=0.05, sampler="dap", estimator="p3", queries=2, seed=2),
 ])

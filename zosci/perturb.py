@@ -1,10 +1,11 @@
 """Exactly reversible in-place perturbation of parameters.
 
-``with walk(params, direction, [t1, t2], manifold) as stops: for t in stops: f = closure()``
+``with Walk(params, direction, [t1, t2], manifold) as stops: for t in stops: f = closure()``
 moves every tensor in place to x + t1 v, then to x + t2 v, ..., then back to x
 (on the positive orthant s exp(t v)), without a copy: MeZO's +mu v, -2 mu v,
 +mu v for the two-sided estimator. v is regenerated from its seed, chunk by
-chunk, once per leg: a walk through n points draws v n + 1 times. Each leg
+chunk, once per leg: a walk through n points draws v n + 1 times, and an
+update that takes v from the return leg (``Walk.chunks``) draws nothing more. Each leg
 returns to x bit for bit before it moves on: moving to a point also computes,
 out of place, where moving back would land, and the few entries where
 floating-point round-off would miss x are written back from a sparse record.
@@ -45,61 +46,82 @@ def _differing_words(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (wa != wb).nonzero().view(-1)
 
 
-@contextmanager
-def walk(params, direction, ts, manifold=Euclidean):
-    """Move params (a list of tensors) to x + t v for each t of ts in turn; back to x on exit.
+class Walk:
+    """Move params (a list of tensors) in place to x + t v for each t of ts in turn, then back to x.
 
-    Yields an iterator over ts that moves the params to each point before
-    giving its t. ``manifold`` is one manifold for all tensors or a list, one
-    per tensor. Each leg draws each chunk of v once: back to x exactly, then
-    out to the next point (len(ts) + 1 draws in all)."""
-    params = list(params)
-    manifolds = manifold if isinstance(manifold, (list, tuple)) else [manifold] * len(params)
-    points = [float(t) for t in ts] + [0.0]  # the walk ends at x
-    home = len(points) - 1  # the index of x
-    at: dict[tuple, int] = {}  # (tensor, chunk) -> index of the point it is at
-    fixes: dict[tuple, tuple] = {}  # (tensor, chunk) -> (indices, values) that going back misses by round-off
+    ``with Walk(params, direction, ts, manifold) as stops: for t in stops: ...``:
+    iterating moves the params to each point before giving its t; leaving the
+    block (or ``close()``) brings them back to x. ``manifold`` is one manifold
+    for all tensors or a list, one per tensor. Each leg draws each chunk of v
+    once: back to x exactly, then out to the next point.
 
-    def go(k: int, n: int) -> None:
-        """Move every chunk of tensor k that is not yet there to point n."""
-        flat, move_ = params[k].view(-1), manifolds[k].move_
-        for c, sl in direction.bounds(k):
-            m = at.get((k, c), home)
-            if m == n:
-                continue
-            seg, v = flat[sl], direction.chunk(k, c, sl)
-            if m != home:  # back to x, bit for bit
-                move_(seg, v, -points[m])
-                if (k, c) in fixes:
-                    idx, values = fixes.pop((k, c))
-                    _words(seg)[idx] = values
-                at[(k, c)] = home
-            if n != home:
-                orig = seg.clone()
-                move_(seg, v, points[n])
-                at[(k, c)] = n
-                bad = _differing_words(manifolds[k].move(seg, v, -points[n]), orig)
-                if bad.numel():
-                    fixes[(k, c)] = (bad, _words(orig)[bad])
+    ``chunks(k)`` is the return leg of tensor k as (slice, v chunk) pairs, each
+    chunk back at x when it is given: an update that needs v right after the
+    walk (x - lr delta v) takes v from there instead of drawing it again.
+    With ``like``, a Walk stands in for its direction in
+    zosci.samplers.weighted_sum."""
 
-    def stops():
-        for n, t in enumerate(points[:-1]):
+    def __init__(self, params, direction, ts, manifold=Euclidean):
+        self.params = list(params)
+        self.direction = direction
+        self.like = direction.like
+        self.manifolds = manifold if isinstance(manifold, (list, tuple)) else [manifold] * len(self.params)
+        self.points = [float(t) for t in ts]
+        self._at: dict[tuple, tuple] = {}  # (tensor, chunk) -> (point index, slice); absent = at x
+        self._fixes: dict[tuple, tuple] = {}  # (tensor, chunk) -> (indices, values) that going back misses
+
+    def _go(self, k: int, c: int, sl: slice, n: int | None) -> torch.Tensor | None:
+        """Move chunk c of tensor k to point n (None: x); returns the v it drew, None if already there."""
+        m = self._at.get((k, c), (None,))[0]
+        if m == n:
+            return None
+        seg, v, manifold = self.params[k].view(-1)[sl], self.direction.chunk(k, c, sl), self.manifolds[k]
+        if m is not None:  # back to x, bit for bit
+            manifold.move_(seg, v, -self.points[m])
+            if (k, c) in self._fixes:
+                idx, values = self._fixes.pop((k, c))
+                _words(seg)[idx] = values
+            del self._at[(k, c)]
+        if n is not None:
+            orig = seg.clone()
+            manifold.move_(seg, v, self.points[n])
+            self._at[(k, c)] = (n, sl)
+            bad = _differing_words(manifold.move(seg, v, -self.points[n]), orig)
+            if bad.numel():
+                self._fixes[(k, c)] = (bad, _words(orig)[bad])
+        return v
+
+    def __iter__(self):
+        for n, t in enumerate(self.points):
             with torch.no_grad():
-                for k in range(len(params)):
-                    go(k, n)
+                for k in range(len(self.params)):
+                    for c, sl in self.direction.bounds(k):
+                        self._go(k, c, sl, n)
             yield t
 
-    try:
-        yield stops()
-    finally:
+    def chunks(self, k: int):
+        """(slice, v chunk) pairs covering tensor k, each chunk moved back to x first."""
         with torch.no_grad():
-            for k in sorted({k for k, _ in at}):
-                go(k, home)
+            for c, sl in self.direction.bounds(k):
+                v = self._go(k, c, sl, None)
+                yield sl, (self.direction.chunk(k, c, sl) if v is None else v)
+
+    def close(self) -> None:
+        """Back to x (what is not there yet)."""
+        with torch.no_grad():
+            for (k, c), (_, sl) in list(self._at.items()):
+                self._go(k, c, sl, None)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 @contextmanager
 def perturbed(params, direction, t: float, manifold=Euclidean):
     """Within the block, params are at x + t v (s exp(t v)); restored bit for bit on exit."""
-    with walk(params, direction, [t], manifold) as stops:
+    with Walk(params, direction, [t], manifold) as stops:
         for _ in stops:
             yield

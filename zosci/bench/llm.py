@@ -465,8 +465,8 @@ def speed_report(s, args) -> list[str]:
               f"{(t['MeZO sparse rademacher'] - 2 * t['forward fp32']) * 1e3:.0f} ms with Rademacher noise. "
               f"Drawing one direction over the {n:,} non-embedding values: Gaussian "
               f"{s['noise']['gaussian'] * 1e3:.0f} ms, "
-              f"Rademacher {s['noise']['rademacher'] * 1e3:.0f} ms (a step draws it 4 times: the walk to x + mu v, "
-              f"on to x - mu v through x, back to x, then the update).", ""]
+              f"Rademacher {s['noise']['rademacher'] * 1e3:.0f} ms (a step draws it 3 times: the walk to x + mu v, "
+              f"on to x - mu v through x, back to x with the update in the same pass).", ""]
     d, ds = s["dims"]["MeZO dense gaussian (previous path)"], s["dims"]["MeZO sparse gaussian"]
     (m1, s1), (m2, s2) = s["delta2"]["MeZO dense gaussian (previous path)"], s["delta2"]["MeZO sparse gaussian"]
     lines += [f"Estimator on one batch, {args.variance_repeats} steps each: E[delta^2] dense {m1:.4g} "

@@ -26,7 +26,7 @@ from torch.optim import Optimizer
 from ..errors import ConfigError, QueryError
 from ..estimators import get_estimator
 from ..manifolds import get_manifold
-from ..perturb import walk
+from ..perturb import Walk
 from ..queries import QueryDrawer, run_queries
 from ..guide import Guide
 from ..samplers import get_sampler, weighted_sum
@@ -106,28 +106,37 @@ class ZOOptimizer(Optimizer):
         seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
         drawer = QueryDrawer(self.sampler, self.estimator, seed, params, self._guide(params), self.defaults["queries"])
 
+        walks = []  # (query index, Walk) per query evaluated; the last is left out for the update to bring home
+
         def evaluate_batch(jobs):
             out = []
             for _, same_query in groupby(jobs, key=lambda job: id(job[1])):  # one walk through its points
                 same_query = list(same_query)
-                with walk(params, same_query[0][1].direction, [t for _, _, t in same_query], manifolds) as stops:
-                    for _ in stops:
-                        try:
-                            out.append(float(closure()))
-                        except QueryError as err:
-                            out.append(err)
+                if walks:
+                    walks[-1][1].close()
+                query = same_query[0][1]
+                walks.append((query.index, Walk(params, query.direction, [t for _, _, t in same_query], manifolds)))
+                for _ in walks[-1][1]:
+                    try:
+                        out.append(float(closure()))
+                    except QueryError as err:
+                        out.append(err)
             return out
 
-        base = float(closure()) if self.estimator.uses_base else None
-        (info,) = run_queries([drawer], evaluate_batch, [base], self.defaults["on_failure"])
-        info.evaluations += self.estimator.uses_base
-        clip = self.defaults["clip"]
-        if clip is not None:
-            for q in info.kept:
-                q.delta = max(-clip, min(clip, q.delta))
-        self.last_info = info
-        self.last_record = (seed, [(q.index, q.delta) for q in info.kept])
-        self.apply_record(self.last_record)
+        try:
+            base = float(closure()) if self.estimator.uses_base else None
+            (info,) = run_queries([drawer], evaluate_batch, [base], self.defaults["on_failure"])
+            info.evaluations += self.estimator.uses_base
+            clip = self.defaults["clip"]
+            if clip is not None:
+                for q in info.kept:
+                    q.delta = max(-clip, min(clip, q.delta))
+            self.last_info = info
+            self.last_record = (seed, [(q.index, q.delta) for q in info.kept])
+            self._apply(self.last_record, *walks[-1:])
+        finally:
+            for _, w in walks[-1:]:
+                w.close()
         return info.base
 
     @torch.no_grad()
@@ -136,11 +145,23 @@ class ZOOptimizer(Optimizer):
 
         Replaying the records of a run on the initial parameters reproduces its
         parameters and optimizer state bit for bit (MeZO's seed checkpoints)."""
+        self._apply(record)
+
+    def _apply(self, record, last: tuple[int, Walk] | None = None) -> None:
+        """The update with g = mean_k delta_k v_k (the method's _update), chunk by chunk.
+
+        last: (query index, walk) of the step's last query, its walk still out at
+        its last point; if that query was kept, its v comes from the walk's
+        return leg (one draw of v fewer a step) and every chunk is back at x
+        before it is updated."""
         seed, kept = record
+        if last is not None and all(index != last[0] for index, _ in kept):
+            last[1].close()  # its query failed: home first, the update draws the others
         entries = self._params()
         params = [p for p, _, _ in entries]
         count = self.defaults["queries"]
-        directions = [self.sampler.draw(seed, index, count, params, self._guide(params)) for index, _ in kept]
+        directions = [last[1] if last is not None and index == last[0]
+                      else self.sampler.draw(seed, index, count, params, self._guide(params)) for index, _ in kept]
         weights = [delta / len(kept) for _, delta in kept]
         if self.guide is not None:
             self.guide.begin(params)
