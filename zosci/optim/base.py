@@ -7,7 +7,8 @@ x + t v of its stencil (s exp(t v) on the positive orthant; two-sided: +mu v,
 are restored bit for bit (zosci.perturb); v is regenerated from a seed, never
 stored. The estimate in frame coordinates, g = mean_k delta_k v_k,
 is formed chunk by chunk (zosci.samplers.CHUNK elements) and handed to
-``_update``; so the memory is that of inference plus the optimizer's own state
+``_update``, each chunk as soon as the last query's walk has brought it back
+to x (that query's v is not drawn again: a two-sided step draws v 3 times); so the memory is that of inference plus the optimizer's own state
 (momentum, Adam moments) plus a few chunks.
 
 Sampler, estimator, mu, queries and sequence are shared by all parameter
