@@ -5,10 +5,11 @@ moves every tensor in place to x + t1 v, then to x + t2 v, ..., then back to x
 (on the positive orthant s exp(t v)), without a copy: MeZO's +mu v, -2 mu v,
 +mu v for the two-sided estimator. v is regenerated from its seed, chunk by
 chunk, once per leg: a walk through n points draws v n + 1 times, and an
-update that takes v from the return leg (``Walk.chunks``) draws nothing more. Each leg
-returns to x bit for bit before it moves on: moving to a point also computes,
-out of place, where moving back would land, and the few entries where
-floating-point round-off would miss x are written back from a sparse record.
+update that takes v from the return leg (``Walk.chunks``) draws nothing
+more. Each leg returns to x bit for bit before it moves on: moving to a
+point also computes, out of place, where moving back would land, and the few
+entries where floating-point round-off would miss x are written back from a
+sparse record.
 (Walking straight from x + t1 v to x + t2 v would miss about half of them.)
 "Bit for bit" compares the bits, so a signed zero (-0.0 vs +0.0) or a NaN
 payload comes back too. Memory: a few chunk-sized temporaries

@@ -8,8 +8,9 @@ are restored bit for bit (zosci.perturb); v is regenerated from a seed, never
 stored. The estimate in frame coordinates, g = mean_k delta_k v_k,
 is formed chunk by chunk (zosci.samplers.CHUNK elements) and handed to
 ``_update``, each chunk as soon as the last query's walk has brought it back
-to x (that query's v is not drawn again: a two-sided step draws v 3 times); so the memory is that of inference plus the optimizer's own state
-(momentum, Adam moments) plus a few chunks.
+to x (that query's v is not drawn again: a two-sided step draws v 3 times);
+so the memory is that of inference plus the optimizer's own state (momentum,
+Adam moments) plus a few chunks.
 
 Sampler, estimator, mu, queries and sequence are shared by all parameter
 groups (one direction spans every parameter); lr, manifold and the method's
@@ -107,17 +108,17 @@ class ZOOptimizer(Optimizer):
         seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
         drawer = QueryDrawer(self.sampler, self.estimator, seed, params, self._guide(params), self.defaults["queries"])
 
-        walks = []  # (query index, Walk) per query evaluated; the last is left out for the update to bring home
+        last = []  # [(query index, Walk)] of the query evaluated last, left out for the update to bring home
 
         def evaluate_batch(jobs):
             out = []
             for _, same_query in groupby(jobs, key=lambda job: id(job[1])):  # one walk through its points
                 same_query = list(same_query)
-                if walks:
-                    walks[-1][1].close()
+                for _, earlier in last:
+                    earlier.close()
                 query = same_query[0][1]
-                walks.append((query.index, Walk(params, query.direction, [t for _, _, t in same_query], manifolds)))
-                for _ in walks[-1][1]:
+                last[:] = [(query.index, Walk(params, query.direction, [t for _, _, t in same_query], manifolds))]
+                for _ in last[0][1]:
                     try:
                         out.append(float(closure()))
                     except QueryError as err:
@@ -134,10 +135,10 @@ class ZOOptimizer(Optimizer):
                     q.delta = max(-clip, min(clip, q.delta))
             self.last_info = info
             self.last_record = (seed, [(q.index, q.delta) for q in info.kept])
-            self._apply(self.last_record, *walks[-1:])
+            self._apply(self.last_record, *last)
         finally:
-            for _, w in walks[-1:]:
-                w.close()
+            for _, walk in last:
+                walk.close()
         return info.base
 
     @torch.no_grad()
